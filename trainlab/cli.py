@@ -1,0 +1,159 @@
+"""The ``trainlab`` command line: parse, build from registries, call. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import trainlab
+
+EXIT_USAGE = 2
+
+RUN_EXAMPLES = """\
+examples:
+  trainlab run                                   # a+b mod 97 on an MLP: watch it grok (about a minute)
+  trainlab run optimizer.weight_decay=0 --out runs/no-wd    # the same without weight decay
+  trainlab run workload=mnist1d model=cnn1d optimizer.lr=1e-2 optimizer.weight_decay=0
+  trainlab run workload=charlm workload.path=book.txt steps=500
+  trainlab run my_config.yaml optimizer=sgd optimizer.lr=0.1 optimizer.momentum=0.9
+  trainlab run --resume runs/modular-adamw-20260101-120000
+  torchrun --nproc_per_node=2 -m trainlab run batch_size=512   # data-parallel (DDP, gloo on CPU)
+
+keys: workload, model, optimizer, schedule name a component (its defaults apply);
+      workload.KEY, model.KEY, optimizer.KEY, schedule.KEY set a component's options;
+      top level: steps, seed, batch_size (0 = full batch), eval_every, eval_examples, checkpoint_every,
+      grad_clip, threshold, device (auto|cpu|cuda|mps), dtype (float32|float64),
+      autocast (auto|off|bf16), compile, tensorboard, name.
+      `trainlab list workloads --options` shows every component's options and defaults.
+"""
+
+LIST_EXAMPLES = """\
+examples:
+  trainlab list workloads
+  trainlab list optimizers
+  trainlab list models --options
+"""
+
+REPORT_EXAMPLES = """\
+examples:
+  trainlab report runs/grok                       # (re)write runs/grok/report.html
+  trainlab report runs/grok runs/no-wd --out compare.html
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainlab",
+        description="Train deep networks with the algorithms of the training literature, watch their dynamics, "
+                    "rank them.",
+        epilog="Run `trainlab COMMAND --help` for a command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"trainlab {trainlab.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    run = sub.add_parser("run", help="train one configuration", description="Train one configuration and write a "
+                         "run directory (config, metrics.jsonl, events, summary, checkpoints, plots, report.html).",
+                         epilog=RUN_EXAMPLES, formatter_class=fmt)
+    run.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
+                     help="an optional YAML config file, then dotted key=value overrides")
+    run.add_argument("--out", metavar="DIR", help="run directory (default: runs/WORKLOAD-OPTIMIZER-TIME)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary (errors still print)")
+    run.add_argument("--no-report", action="store_true", help="skip plots and report.html at the end")
+
+    lst = sub.add_parser("list", help="list registered components", epilog=LIST_EXAMPLES, formatter_class=fmt,
+                         description="List the registered workloads, models, optimizers or schedules.")
+    lst.add_argument("what", choices=["workloads", "models", "optimizers", "schedules"])
+    lst.add_argument("--options", action="store_true", help="also show each component's options and defaults")
+
+    rep = sub.add_parser("report", help="write an HTML report of one or more runs", epilog=REPORT_EXAMPLES,
+                         formatter_class=fmt, description="Write report.html for one run, or one page comparing "
+                         "several runs' curves and events. Reads run directories only; never re-trains.")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", metavar="FILE", help="output HTML (default: RUN_DIR/report.html for one run, "
+                     "trainlab-report.html for several)")
+    return parser
+
+
+def _split_run_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    config, overrides = None, []
+    for i, arg in enumerate(args):
+        if "=" in arg:
+            overrides.append(arg)
+        elif i == 0:
+            config = arg
+        else:
+            raise trainlab.config.ConfigError(arg, "expected key=value (a config file may only come first)")
+    return config, overrides
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from trainlab.train.run import run
+
+    config, overrides = _split_run_args(ns.args)
+    if ns.resume and config:
+        raise trainlab.config.ConfigError("", "--resume takes the run's saved config; do not pass a config file")
+    run(config, overrides, out=ns.out, resume=ns.resume, quiet=ns.quiet, report=not ns.no_report)
+    return 0
+
+
+def cmd_list(ns: argparse.Namespace) -> int:
+    from trainlab.config import describe_options
+    from trainlab.train.config import COMPONENTS
+
+    registry = COMPONENTS[ns.what.rstrip("s")]
+    width = max(len(e.name) for e in registry)
+    for entry in registry:
+        source = entry.meta.get("source", "trainlab")
+        extra = f"  [{source}]" if ns.what == "optimizers" else ""
+        kinds = f"  (reads {', '.join(entry.meta['input_kinds'])})" if "input_kinds" in entry.meta else ""
+        print(f"{entry.name:<{width}}  {entry.summary}{extra}{kinds}")
+        if ns.options:
+            for name, type_name, default, help_text in describe_options(entry.options):
+                print(f"    {ns.what.rstrip('s')}.{name} = {default!r}  ({type_name}) {help_text}")
+    return 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from trainlab.report import write_compare_report, write_run_report
+
+    for path in ns.runs:
+        if not Path(path).is_dir():
+            raise trainlab.config.ConfigError("", f"{path} is not a directory")
+    if len(ns.runs) == 1 and ns.out is None:
+        out = write_run_report(Path(ns.runs[0]))
+    else:
+        out = write_compare_report([Path(p) for p in ns.runs], Path(ns.out or "trainlab-report.html"))
+    print(f"trainlab: report written to {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from trainlab.config import ConfigError
+    from trainlab.train.run import RunError
+    from trainlab.train.state import CheckpointError
+    from trainlab.workloads.base import DataError
+
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report}
+    try:
+        return handlers[ns.command](ns)
+    except ConfigError as err:
+        print(f"trainlab: config error: {err}", file=sys.stderr)
+    except (RunError, CheckpointError, DataError) as err:
+        print(f"trainlab: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("trainlab: aborted", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""A fully connected network (multi-layer perceptron).
+
+``mlp`` flattens its input (vectors, signals or images) and applies ``depth`` hidden layers of ``width``
+units, each ``Linear -> activation``, then a linear ``head`` to ``spec.n_outputs`` values. Defaults: depth 2,
+width 200, ReLU, biases on, ``init_scale`` 1 (PyTorch's default initialisation). ``depth=0`` is a linear
+model; ``activation=identity`` a deep linear network (Saxe et al. 2014); ``activation=quadratic`` the
+``x²`` network used in analyses of grokking modular arithmetic (Gromov 2023). ``init_scale`` multiplies every
+parameter after initialisation (large: Liu et al. 2023, "Omnigrok"; small: Saxe et al. 2014).
+
+Layers are named: ``model.body.fc0``, ``model.body.act0``, ..., and ``model.head`` is the last layer;
+``model.features(x)`` returns the representation the head reads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from trainlab.config import option
+from trainlab.models.layers import Activation, activation, scale_parameters_
+from trainlab.models.registry import register
+from trainlab.workloads.base import DataSpec
+
+
+@dataclass
+class MLPOptions:
+    depth: int = option(2, help="number of hidden layers (0: a linear model)", ge=0)
+    width: int = option(200, help="units per hidden layer", ge=1)
+    activation: Activation = option("relu", help="hidden-layer nonlinearity (identity: a deep linear network)")
+    bias: bool = option(True, help="give every Linear layer a bias")
+    init_scale: float = option(1.0, help="multiply every parameter by this after PyTorch's default init", gt=0)
+
+
+class MLP(nn.Module):
+    """``Flatten -> [Linear -> activation] x depth -> Linear head``."""
+
+    def __init__(self, in_features: int, out_features: int, *, depth: int = 2, width: int = 200,
+                 activation_name: str = "relu", bias: bool = True) -> None:
+        super().__init__()
+        layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten(start_dim=1))
+        d = in_features
+        for i in range(depth):
+            layers[f"fc{i}"] = nn.Linear(d, width, bias=bias)
+            layers[f"act{i}"] = activation(activation_name)
+            d = width
+        self.body = nn.Sequential(layers)
+        self.head = nn.Linear(d, out_features, bias=bias)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The (flattened) representation the head reads: ``(batch, width)``, or the input for depth 0."""
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+@register("mlp", options=MLPOptions, input_kinds=("vector", "signal", "image"))
+def build_mlp(spec: DataSpec, options: MLPOptions) -> nn.Module:
+    """Multi-layer perceptron on flattened inputs (depth hidden layers of width units)."""
+    model = MLP(math.prod(spec.input_shape), spec.n_outputs, depth=options.depth, width=options.width,
+                activation_name=options.activation, bias=options.bias)
+    return scale_parameters_(model, options.init_scale)

@@ -1,0 +1,100 @@
+"""The optimizer registry: ``name -> optimizer class`` plus typed options and provenance metadata.
+
+Entries carry ``source`` (where the implementation comes from), ``own`` (whether trainlab's own code is
+used) and, where there is one, ``paper``. Options are a dataclass so the command line, YAML and Python
+share one validation path; for third-party classes the dataclass is derived from the constructor signature
+(hyperparameters only: implementation switches such as ``foreach`` or ``fused`` are left to their defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import types
+from typing import Any, Iterable, Union, get_args, get_origin
+
+import torch
+
+from trainlab.config import ConfigError, build_options, option
+from trainlab.registry import Registry
+
+OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
+
+# Constructor arguments that select an implementation rather than define the algorithm.
+IMPLEMENTATION_SWITCHES = {"params", "foreach", "capturable", "differentiable", "fused", "maximize"}
+
+_BOUNDS = {"lr": {"ge": 0.0}, "eps": {"ge": 0.0}, "weight_decay": {"ge": 0.0}, "momentum": {"ge": 0.0}}
+
+
+def _clean_type(tp: Any) -> Any:
+    """Drop ``torch.Tensor`` from annotations such as ``float | Tensor`` (a tensor lr is not a config value)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        kept = tuple(_clean_type(a) for a in args if a is not torch.Tensor)
+        return kept[0] if len(kept) == 1 else Union[kept]  # type: ignore[return-value]
+    if origin is tuple:
+        return tuple[tuple(_clean_type(a) for a in args)]  # type: ignore[misc]
+    return tp
+
+
+def _doc_help(cls: type, name: str) -> str:
+    """The one-line description of argument ``name`` in a Google-style ``Args:`` docstring, if present."""
+    match = re.search(rf"^\s*{re.escape(name)} \([^)]*\)[^:]*:\s*(.+?)(?:\(default:|$)", cls.__doc__ or "", re.M)
+    return match.group(1).strip().rstrip(".,") if match else f"{cls.__name__} argument"
+
+
+def options_from_signature(cls: type, *, skip: Iterable[str] = ()) -> type:
+    """A frozen options dataclass mirroring the defaulted hyperparameters of ``cls.__init__``."""
+    fields = []
+    for param in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if param.name in IMPLEMENTATION_SWITCHES or param.name in skip:
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.default is param.empty:
+            continue
+        tp = _clean_type(param.annotation) if param.annotation is not param.empty else type(param.default)
+        default = param.default
+        if isinstance(default, int) and not isinstance(default, bool) and "float" in str(tp):
+            tp, default = float, float(default)
+        if isinstance(default, tuple) and get_origin(tp) is tuple:
+            default = tuple(float(v) if isinstance(v, int) and "float" in str(tp) else v for v in default)
+        help_text = _doc_help(cls, param.name)
+        fields.append((param.name, tp, option(default, help=help_text, **_BOUNDS.get(param.name, {}))))
+    return dataclasses.make_dataclass(f"{cls.__name__}Options", fields, frozen=True)
+
+
+def build(name: str, params: Any, **hparams: Any) -> torch.optim.Optimizer:
+    """Build the optimizer registered as ``name`` over ``params`` (tensors or param-group dicts).
+
+    Hyperparameters are validated against the entry's options (unknown name, wrong type or range gives a
+    :class:`~trainlab.config.ConfigError` naming ``optimizer.<key>``). Example::
+
+        opt = trainlab.optim.build("adamw", model.parameters(), lr=3e-4, weight_decay=0.1)
+    """
+    entry = OPTIMIZERS.get(name)
+    assert entry.options is not None
+    opts = build_options(entry.options, hparams, prefix="optimizer")
+    try:
+        return entry.factory(params, **dataclasses.asdict(opts))
+    except ValueError as err:  # torch.optim validates ranges itself ("Invalid beta parameter ...")
+        raise ConfigError("optimizer", str(err)) from None
+
+
+def names() -> list[str]:
+    return OPTIMIZERS.names()
+
+
+def _register_torch_optim() -> None:
+    # LBFGS needs a closure, SparseAdam sparse gradients; torch.optim.Muon accepts 2-D parameters only
+    # (trainlab's own Muon, with the parameter split, is a separate entry).
+    excluded = {"LBFGS", "SparseAdam", "Muon", "Optimizer"}
+    for attr in sorted(dir(torch.optim), key=str.lower):
+        cls = getattr(torch.optim, attr)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or attr in excluded:
+            continue
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        OPTIMIZERS.add(attr.lower(), cls, options=options_from_signature(cls), summary=doc,
+                       source=f"torch.optim.{attr}", own=False)
+
+
+_register_torch_optim()

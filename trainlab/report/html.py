@@ -1,0 +1,345 @@
+"""Self-contained HTML reports.
+
+A page embeds its plots as base64 PNG data URIs and carries its CSS inline: no scripts, fonts, stylesheets or
+images are fetched from anywhere, so a report can be mailed, archived or opened offline. Every piece of text
+that comes from a run (names, config values, event details, commands) is escaped with :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from trainlab.report.plots import metric_label, plot_compare, plot_run
+from trainlab.report.runs import Run, load_run
+
+__all__ = ["write_run_report", "write_compare_report"]
+
+REPORT_FILE = "report.html"
+PLOTS_DIR = "plots"
+
+_CSS = """
+:root { --fg: #1f2328; --muted: #656d76; --line: #d0d7de; --bg-soft: #f6f8fa; --accent: #0969da; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: #fff; line-height: 1.45;
+       font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1200px; margin: 0 auto; padding: 24px 28px 48px; }
+h1 { font-size: 1.6rem; margin: 0 0 4px; word-break: break-word; }
+h2 { font-size: 1.15rem; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 1rem; margin: 18px 0 6px; }
+p.meta { color: var(--muted); margin: 0 0 6px; }
+.note { background: #fff8c5; border: 1px solid #d4a72c66; border-radius: 6px; padding: 8px 12px; margin: 12px 0; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 0.9rem; font-variant-numeric: tabular-nums; }
+th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th { background: var(--bg-soft); font-weight: 600; white-space: nowrap; }
+td.num { text-align: right; white-space: nowrap; }
+tbody tr:hover { background: #f3f6fa; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 0.8rem; font-weight: 600;
+         background: #eaeef2; color: #424a53; white-space: nowrap; }
+.badge.completed { background: #dafbe1; color: #1a7f37; }
+.badge.interrupted { background: #fff1e5; color: #bc4c00; }
+.badge.running { background: #ddf4ff; color: #0969da; }
+.badge.incomplete { background: #eaeef2; color: #57606a; }
+.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 18px; }
+figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 8px; background: #fff; }
+figure img { width: 100%; height: auto; display: block; }
+figcaption { color: var(--muted); font-size: 0.85rem; padding: 4px 4px 0; }
+details { margin: 8px 0; border: 1px solid var(--line); border-radius: 6px; background: var(--bg-soft); }
+details > summary { cursor: pointer; padding: 8px 12px; font-weight: 600; }
+details pre { margin: 0; padding: 10px 14px; border-top: 1px solid var(--line); background: #fff;
+              overflow-x: auto; font-size: 0.85rem; }
+code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace; }
+code { background: var(--bg-soft); padding: 1px 5px; border-radius: 4px; font-size: 0.85rem; word-break: break-all; }
+.empty { color: var(--muted); font-style: italic; }
+footer { margin-top: 40px; color: var(--muted); font-size: 0.8rem; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------- pages
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """Write ``plots/*.png`` and ``report.html`` into the run directory ``run_dir``; returns the page's path."""
+    run = load_run(run_dir)
+    plots = plot_run(run, run.path / PLOTS_DIR)
+    body = [
+        _header(run.name, _run_meta(run)),
+        _notes([run]),
+        _section("Summary", _summary_table([run])),
+        _section("Events", _events_table([run], with_run=False)),
+        _section("Plots", _figures(plots, run.metric)),
+        _section("Configuration", _run_details(run, open_config=True)),
+    ]
+    out = run.path / REPORT_FILE
+    out.write_text(_page(f"trainlab report: {run.name}", body), encoding="utf-8")
+    return out
+
+
+def write_compare_report(run_dirs: Sequence[str | Path], out_file: str | Path) -> Path:
+    """Write one self-contained page comparing the runs in ``run_dirs`` to ``out_file``; returns its path."""
+    run_dirs = list(run_dirs)
+    if not run_dirs:
+        raise ValueError("write_compare_report needs at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="trainlab-compare-") as tmp:
+        plots = plot_compare(runs, tmp)
+        metrics = {run.metric for run in runs if run.metric != "loss"}
+        figures = _figures(plots, next(iter(metrics)) if len(metrics) == 1 else "")
+    names = ", ".join(run.name for run in runs)
+    configs = "".join(
+        f"<h3>{_e(run.name)}</h3>{_run_details(run, open_config=False)}" for run in runs
+    )
+    body = [
+        _header(f"Comparing {len(runs)} run{'s' if len(runs) != 1 else ''}", [_e(names)]),
+        _notes(runs),
+        _section("Summary", _summary_table(runs)),
+        _section("Events", _events_table(runs, with_run=True)),
+        _section("Plots", '<p class="meta">One colour per run; solid lines: validation, dashed: train.</p>' + figures),
+        _section("Configurations", configs),
+    ]
+    out.write_text(_page(f"trainlab comparison: {names}", body), encoding="utf-8")
+    return out
+
+
+# -------------------------------------------------------------------------------------------- pieces
+
+
+def _page(title: str, body: Iterable[str]) -> str:
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+        + "\n".join(part for part in body if part)
+        + '\n<footer>Generated by trainlab.</footer>\n</main>\n</body>\n</html>\n'
+    )
+
+
+def _header(title: str, meta: list[str]) -> str:
+    """``meta`` items are already-escaped HTML fragments."""
+    line = " &middot; ".join(m for m in meta if m)
+    return f"<header>\n<h1>{_e(title)}</h1>\n" + (f'<p class="meta">{line}</p>\n' if line else "") + "</header>"
+
+
+def _run_meta(run: Run) -> list[str]:
+    meta = [_badge(run.status)]
+    if run.workload:
+        meta.append(f"workload <strong>{_e(run.workload)}</strong>")
+    meta.append(f"directory <code>{_e(str(run.path))}</code>")
+    command = run.summary.get("command")
+    if command:
+        meta.append(f"<code>{_e(str(command))}</code>")
+    return meta
+
+
+def _notes(runs: Sequence[Run]) -> str:
+    notes = []
+    for run in runs:
+        if not run.has_summary:
+            notes.append(
+                f"<strong>{_e(run.name)}</strong>: no summary.json (the run is in progress or was stopped before "
+                "it finished); the summary below is derived from metrics.jsonl and events.json."
+            )
+        notes.extend(f"<strong>{_e(run.name)}</strong>: {_e(w)}" for w in run.warnings)
+    return "".join(f'<div class="note">{n}</div>' for n in notes)
+
+
+def _section(title: str, content: str) -> str:
+    return f"<section>\n<h2>{_e(title)}</h2>\n{content}\n</section>"
+
+
+def _badge(status: str) -> str:
+    cls = re.sub(r"[^a-z0-9-]", "", status.lower())
+    return f'<span class="badge {cls}">{_e(status)}</span>'
+
+
+_SUMMARY_COLUMNS = [
+    ("run", False),
+    ("workload", False),
+    ("optimizer", False),
+    ("steps", True),
+    ("train time", True),
+    ("final train metric", True),
+    ("final val metric", True),
+    ("memorized @ step", True),
+    ("generalized @ step", True),
+    ("grokking delay (steps)", True),
+    ("grokking delay (time)", True),
+    ("status", False),
+]
+
+
+def _summary_table(runs: Sequence[Run]) -> str:
+    metrics = {run.metric for run in runs}
+    single_metric = metric_label(next(iter(metrics))) if len(metrics) == 1 else None
+    heads = []
+    for name, numeric in _SUMMARY_COLUMNS:
+        if single_metric and name.startswith("final "):
+            name = name.replace("metric", single_metric)
+        heads.append(f'<th{" class=num" if numeric else ""}>{_e(name)}</th>')
+    rows = []
+    for run in runs:
+        events = run.summary.get("events") if isinstance(run.summary.get("events"), dict) else {}
+        train_m, val_m = _final(run, f"train_{run.metric}"), _final(run, f"val_{run.metric}")
+        suffix = "" if single_metric else f" {run.metric}"
+        cells = [
+            (_e(run.name), False),
+            (_e(run.workload) or _DASH, False),
+            (_e(_optimizer_text(run.config)), False),
+            (_e(_int(run.summary.get("steps"))), True),
+            (_e(_seconds(run.summary.get("train_time"))), True),
+            (_e(_num(train_m) + (suffix if train_m is not None else "")), True),
+            (_e(_num(val_m) + (suffix if val_m is not None else "")), True),
+            (_e(_int(events.get("memorized"))), True),
+            (_e(_int(events.get("generalized"))), True),
+            (_e(_int(events.get("grokking_delay_steps"))), True),
+            (_e(_seconds(events.get("grokking_delay_seconds"))), True),
+            (_badge(run.status), False),
+        ]
+        rows.append("<tr>" + "".join(f'<td{" class=num" if n else ""}>{c}</td>' for c, n in cells) + "</tr>")
+    return (
+        '<div class="scroll"><table>\n<thead><tr>' + "".join(heads) + "</tr></thead>\n<tbody>\n"
+        + "\n".join(rows) + "\n</tbody></table></div>"
+    )  # fmt: skip
+
+
+def _events_table(runs: Sequence[Run], *, with_run: bool) -> str:
+    rows = []
+    for run in runs:
+        for event in sorted(run.events, key=_event_sort_key):
+            cells = [_e(run.name)] if with_run else []
+            cells += [
+                _e(str(event.get("name", ""))),
+                _e(_int(event.get("step"))),
+                _e(_seconds(event.get("time"))),
+                _e(_num(event.get("value"))),
+                _e(str(event.get("metric") or "")),
+                _e(str(event.get("detail") or "")),
+            ]
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return '<p class="empty">No events recorded.</p>'
+    heads = (["run"] if with_run else []) + ["event", "step", "time", "value", "metric", "detail"]
+    return (
+        '<div class="scroll"><table>\n<thead><tr>' + "".join(f"<th>{h}</th>" for h in heads)
+        + "</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>"
+    )  # fmt: skip
+
+
+def _event_sort_key(event: dict[str, Any]) -> float:
+    step = event.get("step")
+    return float(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
+
+
+_CAPTIONS = {
+    "loss": "Loss: train vs validation.",
+    "loss_logx": "Loss on a log step axis (step 0 left out).",
+    "metric": "{m}: train vs validation; dashed line: threshold.",
+    "metric_logx": "{m} on a log step axis (step 0 left out).",
+}
+
+
+def _figures(paths: Sequence[Path], metric: str) -> str:
+    if not paths:
+        return '<p class="empty">No plots.</p>'
+    label = metric_label(metric).capitalize() if metric and metric != "loss" else "Metric"
+    parts = []
+    for path in paths:
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        stem = Path(path).stem
+        caption = _CAPTIONS.get(stem, stem.replace("_", " ")).format(m=label)
+        parts.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{_e(stem)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>"
+        )
+    return '<div class="plots">\n' + "\n".join(parts) + "\n</div>"
+
+
+def _run_details(run: Run, *, open_config: bool) -> str:
+    config = yaml.safe_dump(run.config, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    parts = [
+        f"<details{' open' if open_config else ''}><summary>Resolved config (config.yaml)</summary>"
+        f"<pre>{_e(config.strip() or '# no config.yaml')}</pre></details>"
+    ]
+    versions = run.summary.get("versions")
+    if isinstance(versions, dict) and versions:
+        text = yaml.safe_dump(versions, sort_keys=True, default_flow_style=False, allow_unicode=True)
+        parts.append(f"<details><summary>Versions</summary><pre>{_e(text.strip())}</pre></details>")
+    final = run.summary.get("final")
+    if isinstance(final, dict) and final:
+        text = "\n".join(f"{k}: {_num(v) if _is_num(v) else v}" for k, v in final.items())
+        parts.append(f"<details><summary>Final metrics</summary><pre>{_e(text)}</pre></details>")
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ formatting
+
+_DASH = "\u2014"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _final(run: Run, column: str) -> float | None:
+    """The final value of ``column``: from the summary's ``final`` row, else the last metrics row."""
+    final = run.summary.get("final")
+    if isinstance(final, dict) and _is_num(final.get(column)):
+        return float(final[column])
+    values = run.column(column)
+    return float(values[-1]) if values is not None and values.size else None
+
+
+def _num(value: Any) -> str:
+    if not _is_num(value):
+        return _DASH
+    if isinstance(value, int):
+        return f"{value:,}"
+    if not math.isfinite(value):
+        return str(value)  # nan, inf, -inf: show a diverged value as it is
+    return f"{value:.4g}"
+
+
+def _int(value: Any) -> str:
+    if not _is_num(value) or not math.isfinite(value):
+        return _DASH
+    return f"{int(value):,}"
+
+
+def _seconds(value: Any) -> str:
+    if not _is_num(value) or not math.isfinite(value):
+        return _DASH
+    sign, value = ("-" if value < 0 else ""), abs(float(value))
+    if value < 60:
+        return f"{sign}{value:.1f} s"
+    if value < 3600:
+        minutes, seconds = divmod(round(value), 60)
+        return f"{sign}{minutes} min {seconds:02d} s"
+    hours, rest = divmod(round(value), 3600)
+    return f"{sign}{hours} h {rest // 60:02d} min"
+
+
+def _optimizer_text(config: dict[str, Any]) -> str:
+    opt = config.get("optimizer")
+    if not isinstance(opt, dict):
+        return str(opt) if opt else _DASH
+    parts = [str(opt.get("name") or "?")]
+    for key, short in (("lr", "lr"), ("weight_decay", "wd")):
+        if key in opt and opt[key] is not None:
+            value = opt[key]
+            parts.append(f"{short} {value:g}" if _is_num(value) else f"{short} {value}")
+    return ", ".join(parts)

@@ -1,0 +1,267 @@
+"""The training loop. :func:`train_loop` is the whole of it, on one screen; the rest of this file builds its parts.
+
+Order inside one iteration, at step ``s`` (``s`` optimizer steps already taken)::
+
+    evaluate if s is 0, a multiple of eval_every, or the last step   (timer paused)
+    checkpoint if s is a multiple of checkpoint_every                 (timer paused)
+    set lr = base_lr * schedule(s); take the batch of s; one optimizer step; s += 1
+
+A checkpoint at ``s`` therefore holds the state *after* the evaluation row of ``s`` was written; a resumed
+run continues from there and does not repeat that row. Training time counts only the optimizer steps (and
+the batch selection and lr setting that belong to them), never evaluation, logging or checkpointing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from trainlab import models, optim, schedules, workloads
+from trainlab.config import ConfigError
+from trainlab.dist.env import DistEnv
+from trainlab.train import state as ckpt
+from trainlab.train.config import RunConfig
+from trainlab.train.data import BatchSampler
+from trainlab.train.events import EventTracker
+from trainlab.train.progress import Progress
+from trainlab.train.rundir import RunDir
+from trainlab.workloads.base import Dataset, Workload
+
+
+@dataclass
+class Parts:
+    """Everything the loop touches, built once by :func:`build_parts`."""
+
+    cfg: RunConfig
+    env: DistEnv
+    workload: Workload
+    data: Dataset
+    model: nn.Module  # the plain module (state_dict, evaluation)
+    net: nn.Module  # what the step calls: DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    lr_multiplier: Callable[[int], float]
+    base_lrs: list[float]
+    sampler: BatchSampler
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    tracker: EventTracker
+    step: int = 0
+    train_time: float = 0.0
+    wall_offset: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def input_kind_for(workload: Workload, model_name: str) -> str:
+    """The first input kind the workload offers that the model reads."""
+    readable = models.input_kinds(model_name)
+    for kind in workload.input_kinds:
+        if kind in readable:
+            return kind
+    raise ConfigError("model", f"{model_name} reads {', '.join(readable)} inputs, but workload {workload.name} "
+                               f"provides {', '.join(workload.input_kinds)}")
+
+
+def autocast_factory(setting: str, device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
+    use_bf16 = setting == "bf16" or (setting == "auto" and device.type == "cuda" and dtype == torch.float32)
+    if not use_bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _to(data: Dataset, device: torch.device, dtype: torch.dtype) -> Dataset:
+    def move(t: Tensor) -> Tensor:
+        return t.to(device, dtype) if t.is_floating_point() else t.to(device)
+
+    return Dataset(move(data.x_train), move(data.y_train), move(data.x_val), move(data.y_val))
+
+
+def build_parts(cfg: RunConfig, env: DistEnv) -> Parts:
+    t = cfg.train
+    dtype = torch.float64 if t.dtype == "float64" else torch.float32
+    torch.manual_seed(t.seed)
+    workload = workloads.build(cfg.workload.name, **cfg.workload.kwargs())
+    kind = input_kind_for(workload, cfg.model.name)
+    data = _to(workload.data(kind), env.device, dtype)  # type: ignore[arg-type]
+    model = models.build(cfg.model.name, workload.spec(kind), **cfg.model.kwargs()).to(env.device, dtype)  # type: ignore[arg-type]
+    optimizer = optim.build(cfg.optimizer.name, model.parameters(), **cfg.optimizer.kwargs())
+    net = env.wrap(model)
+    if t.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    assert t.steps is not None and t.batch_size is not None and t.threshold is not None
+    return Parts(
+        cfg=cfg, env=env, workload=workload, data=data, model=model, net=net, optimizer=optimizer,
+        lr_multiplier=schedules.build(cfg.schedule.name, t.steps, **cfg.schedule.kwargs()),
+        base_lrs=[float(g["lr"]) for g in optimizer.param_groups],
+        sampler=BatchSampler(data.n_train, t.batch_size, t.seed, env.rank, env.world_size),
+        autocast=autocast_factory(t.autocast, env.device, dtype),
+        tracker=EventTracker(workload.metric, workload.higher_is_better, t.threshold),
+    )
+
+
+def train_step(p: Parts, step: int) -> Tensor:
+    """One optimizer step on the batch of ``step``; returns the local mean loss (not synchronised)."""
+    lr_scale = p.lr_multiplier(step)
+    for group, base in zip(p.optimizer.param_groups, p.base_lrs):
+        group["lr"] = base * lr_scale
+    idx = p.sampler.indices(step)
+    x, y = p.data.x_train[idx], p.data.y_train[idx]
+    with p.autocast():
+        losses = p.workload.loss(p.net(x), y)
+    # sum * world / global count == the global-batch mean after DDP averages gradients over processes,
+    # whatever the share sizes; with one process it is the plain mean.
+    per_example = losses.numel() // max(len(idx), 1)
+    global_count = len(p.sampler.global_indices(step)) * per_example
+    p.optimizer.zero_grad(set_to_none=True)
+    (losses.sum() * (p.env.world_size / global_count)).backward()
+    if p.cfg.train.grad_clip is not None:
+        p.extra["grad_norm"] = torch.nn.utils.clip_grad_norm_(p.model.parameters(), p.cfg.train.grad_clip)
+    p.optimizer.step()
+    return losses.detach().mean()
+
+
+@torch.no_grad()
+def evaluate_split(p: Parts, x: Tensor, y: Tensor, chunk: int = 1024) -> tuple[float, float]:
+    """(mean loss, mean metric) over a split, sharded across processes and summed with all-reduce."""
+    limit = p.cfg.train.eval_examples or len(x)
+    shard = torch.tensor_split(torch.arange(min(limit, len(x))), p.env.world_size)[p.env.rank]
+    sums = torch.zeros(3, dtype=torch.float64, device=p.env.device)
+    for i in range(0, len(shard), chunk):
+        idx = shard[i:i + chunk].to(p.env.device)
+        with p.autocast():
+            out = p.model(x[idx])
+        losses, values = p.workload.loss(out, y[idx]), p.workload.metric_values(out, y[idx])
+        sums += torch.stack([losses.double().sum(), values.double().sum(), torch.tensor(losses.numel(), device=sums.device, dtype=torch.float64)])
+    p.env.all_reduce_sum(sums)
+    return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
+
+
+def evaluate(p: Parts, wall: float) -> dict[str, Any]:
+    metric = p.workload.metric
+    set_mode = getattr(p.optimizer, "eval", None)  # schedule-free optimizers evaluate at averaged weights
+    if callable(set_mode):
+        set_mode()
+    p.model.eval()
+    train_loss, train_metric = evaluate_split(p, p.data.x_train, p.data.y_train)
+    val_loss, val_metric = evaluate_split(p, p.data.x_val, p.data.y_val)
+    p.model.train()
+    set_mode = getattr(p.optimizer, "train", None)
+    if callable(set_mode):
+        set_mode()
+    row = {"step": p.step, "time": round(p.train_time, 6), "wall": round(wall, 3),
+           "lr": p.base_lrs[0] * p.lr_multiplier(min(p.step, p.cfg.train.steps - 1)),  # type: ignore[operator]
+           "train_loss": train_loss, f"train_{metric}": train_metric, "val_loss": val_loss, f"val_{metric}": val_metric}
+    if "grad_norm" in p.extra:
+        row["grad_norm"] = float(p.extra["grad_norm"])
+    return row
+
+
+def checkpoint_payload(p: Parts, wall: float) -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()  # type: ignore[assignment]
+    return {"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(), "train_time": p.train_time,
+            "wall_time": wall, "events": [e.to_dict() for e in p.tracker.events], "rng": rng}
+
+
+def restore(p: Parts, payload: dict[str, Any]) -> None:
+    p.model.load_state_dict(payload["model"])
+    p.optimizer.load_state_dict(payload["optimizer"])
+    p.base_lrs = [float(g.get("initial_lr", g["lr"])) for g in p.optimizer.param_groups]
+    p.step, p.train_time, p.wall_offset = int(payload["step"]), float(payload["train_time"]), float(payload["wall_time"])
+    p.tracker = EventTracker(p.tracker.metric, p.tracker.higher_is_better, p.tracker.threshold, payload["events"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    if "cuda" in payload["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+
+
+class StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop after the current step and checkpoint; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["StopFlag"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def agreed(self, env: DistEnv) -> bool:
+        if not env.distributed:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=env.device)
+        return bool(env.all_reduce_sum(flag).item() > 0)
+
+
+def train_loop(p: Parts, rd: RunDir, progress: Progress, stop: StopFlag,
+               on_eval: Callable[[dict], None], on_events: Callable[[list], None]) -> str:
+    """Run from ``p.step`` to the step budget. Returns the status: completed, interrupted or diverged."""
+    steps, eval_every, ckpt_every = p.cfg.train.steps, p.cfg.train.eval_every, p.cfg.train.checkpoint_every
+    assert steps is not None and eval_every is not None
+    start, wall0, sync = p.step, time.perf_counter() - p.wall_offset, _synchronizer(p.env.device)
+    t_seg = time.perf_counter()
+    while True:
+        boundary = (p.step % eval_every == 0 or p.step == steps) and not (p.step == start and start > 0)
+        saving = ckpt_every > 0 and p.step % ckpt_every == 0 and p.step != start and p.step != steps
+        stopping = stop.agreed(p.env)
+        if boundary or saving or stopping:
+            sync()
+            p.train_time += time.perf_counter() - t_seg
+            if boundary:
+                row = evaluate(p, time.perf_counter() - wall0)
+                on_eval(row)
+                new_events = p.tracker.update(row)
+                on_events(new_events)
+                if any(e.name == "diverged" for e in new_events):
+                    return "diverged"
+            if (saving or stopping) and p.env.is_main:
+                ckpt.save(rd.checkpoints, p.step, checkpoint_payload(p, time.perf_counter() - wall0))
+            if stopping:
+                return "interrupted"
+            t_seg = time.perf_counter()
+        if p.step >= steps:
+            return "completed"
+        loss = train_step(p, p.step)
+        p.step += 1
+        progress.step(p.step, loss)
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def output_dir(cfg: RunConfig, out: str | Path | None, runs_root: str | Path) -> Path:
+    from trainlab.train.rundir import new_run_dir, timestamp
+
+    if out is not None:
+        return Path(out)
+    name = cfg.train.name or f"{cfg.workload.name}-{cfg.optimizer.name}-{timestamp()}"
+    return new_run_dir(Path(runs_root), name)

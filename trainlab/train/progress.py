@@ -1,0 +1,73 @@
+"""Terminal progress: a live bar on a terminal, one line per evaluation in a log, nothing with ``--quiet``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Progress:
+    """Shows steps, steps/s, ETA and the latest metrics. Redraws at most ``hz`` times per second."""
+
+    def __init__(self, total: int, start: int = 0, quiet: bool = False, stream: TextIO | None = None, hz: float = 8):
+        self.total, self.quiet = total, quiet
+        self.stream = stream or sys.stderr
+        self.live = not quiet and self.stream.isatty()
+        self.min_interval = 1.0 / hz
+        self._t0, self._s0, self._last_draw = time.perf_counter(), start, 0.0
+        self.metrics: dict[str, Any] = {}
+
+    def _line(self, step: int) -> str:
+        elapsed = time.perf_counter() - self._t0
+        rate = (step - self._s0) / elapsed if elapsed > 0 and step > self._s0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else 0.0
+        frac = step / self.total if self.total else 1.0
+        bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in self.metrics.items() if isinstance(v, (int, float)))
+        return f"[{bar}] {step}/{self.total} {rate:6.1f} step/s ETA {format_seconds(eta)}  {shown}"
+
+    def step(self, step: int, loss: Any = None) -> None:
+        """Called every training step; cheap unless it is time to redraw.
+
+        ``loss`` may be a device tensor: it is read (forcing a device sync) only when the line is redrawn.
+        """
+        if not self.live:
+            return
+        now = time.perf_counter()
+        if now - self._last_draw >= self.min_interval:
+            self._last_draw = now
+            if loss is not None:
+                self.metrics["loss"] = float(loss)
+            self.stream.write("\r\x1b[2K" + self._line(step)[:200])
+            self.stream.flush()
+
+    def evaluated(self, step: int, metrics: dict[str, Any]) -> None:
+        self.metrics = metrics
+        if self.quiet:
+            return
+        if self.live:
+            self._last_draw = 0.0
+            self.step(step)
+        else:
+            self.stream.write(self._line(step) + "\n")
+            self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.live:
+            self.stream.write("\r\x1b[2K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()

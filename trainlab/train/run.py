@@ -1,0 +1,221 @@
+"""``trainlab run`` as a function: resolve the config, prepare the run directory, train, summarise, report."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from trainlab.config import ConfigError
+from trainlab.dist import env as dist_env
+from trainlab.train import state as ckpt
+from trainlab.train.config import RunConfig, for_resume, from_cli
+from trainlab.train.loop import Parts, StopFlag, build_parts, checkpoint_payload, output_dir, restore, train_loop
+from trainlab.train.progress import Progress
+from trainlab.train.rundir import RunDir, versions
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue for a reason the user can fix (message says which)."""
+
+
+def run(
+    config: RunConfig | str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    quiet: bool = False,
+    runs_root: str | Path = "runs",
+    command: str | None = None,
+    report: bool = True,
+) -> Path:
+    """Train one configuration and return its run directory.
+
+    ``config`` is a :class:`RunConfig`, a YAML path, or None (the defaults); ``overrides`` are ``key=value``
+    strings applied on top. ``resume`` continues the run in that directory from its newest checkpoint.
+    Example::
+
+        run_dir = trainlab.run(overrides=["workload=sparse_parity", "steps=500"], quiet=True)
+    """
+    if resume is not None:
+        rd = RunDir(Path(resume))
+        if not (rd.path / "config.yaml").is_file():
+            raise RunError(f"cannot resume {rd.path}: it holds no trainlab run (no config.yaml)")
+        cfg = for_resume(rd.path / "config.yaml", overrides)
+    elif isinstance(config, RunConfig):
+        if overrides:
+            raise ConfigError("", "pass overrides with a YAML path or None, not with a RunConfig")
+        cfg = config
+    else:
+        cfg = from_cli(str(config) if config is not None else None, overrides)
+
+    try:
+        env = dist_env.setup(cfg.train.device)
+    except RuntimeError as err:
+        raise RunError(str(err)) from None
+    try:
+        if resume is None:
+            rd = RunDir(Path(env.broadcast(str(output_dir(cfg, out, runs_root)) if env.is_main else None)))
+            if rd.has_run():
+                raise RunError(f"{rd.path} already holds a run; resume it with --resume {rd.path} or choose another --out")
+        return _run(cfg, env, rd, resuming=resume is not None, quiet=quiet or not env.is_main,
+                    command=command or _command(), report=report)
+    finally:
+        env.close()
+
+
+def _command() -> str:
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Path:
+    parts = build_parts(cfg, env)
+    if resuming:
+        try:
+            payload = ckpt.load(rd.checkpoints, map_location=env.device)
+        except ckpt.CheckpointError as err:
+            raise RunError(str(err)) from None
+        restore(parts, payload)
+        if env.is_main:
+            rd.truncate_metrics(after_step=parts.step)
+    if env.is_main:
+        rd.create()
+        cfg.save(rd.path / "config.yaml")
+        rd.write_json("events.json", [e.to_dict() for e in parts.tracker.events])
+    writer = _tensorboard(rd, cfg) if env.is_main else None
+    progress = Progress(cfg.train.steps or 0, start=parts.step, quiet=quiet)
+    if not quiet:
+        verb = f"resuming at step {parts.step}" if resuming else "training"
+        n_params = sum(p.numel() for p in parts.model.parameters())
+        progress.message(f"trainlab: {verb} {cfg.workload.name} / {cfg.model.name} ({n_params:,} parameters) / "
+                         f"{cfg.optimizer.name} on {env.device}"
+                         + (f" x{env.world_size} processes" if env.distributed else "") + f" -> {rd.path}")
+
+    def on_eval(row: dict[str, Any]) -> None:
+        if env.is_main:
+            rd.append_metrics(row)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        writer.add_scalar(key, value, row["step"])
+        progress.evaluated(row["step"], {k: v for k, v in row.items() if k.startswith(("train_", "val_"))})
+
+    def on_events(new: list) -> None:
+        for event in new:
+            progress.message(f"  event: {event.name} at step {event.step} ({event.detail})")
+        if new and env.is_main:
+            rd.write_json("events.json", [e.to_dict() for e in parts.tracker.events])
+
+    stop = StopFlag()
+    started = time.perf_counter()
+    with stop.installed():
+        status = train_loop(parts, rd, progress, stop, on_eval, on_events)
+    progress.close()
+    if env.is_main:
+        if status == "completed":
+            ckpt.save(rd.checkpoints, parts.step, checkpoint_payload(parts, parts.wall_offset + time.perf_counter() - started))
+        summary = _summary(parts, rd, status, command, env)
+        rd.write_json("summary.json", summary)
+        if writer is not None:
+            writer.close()
+        report_path = None
+        if report:
+            from trainlab.report import write_run_report
+
+            report_path = write_run_report(rd.path)
+        if not quiet:
+            print(closing_text(summary, rd.path, report_path))
+        elif status == "interrupted":
+            print(f"trainlab: interrupted at step {parts.step}; resume with: trainlab run --resume {rd.path}",
+                  file=sys.stderr)
+    return rd.path
+
+
+def _tensorboard(rd: RunDir, cfg: RunConfig) -> Any:
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RunError("tensorboard=true needs the tensorboard package: pip install 'trainlab[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(rd.path / "tensorboard"))
+
+
+def _read_rows(rd: RunDir) -> list[dict[str, Any]]:
+    import json
+
+    rows = []
+    if rd.metrics_path.exists():
+        for line in rd.metrics_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _summary(parts: Parts, rd: RunDir, status: str, command: str, env: Any) -> dict[str, Any]:
+    rows = _read_rows(rd)
+    metric = parts.workload.metric
+    val_key = f"val_{metric}"
+    finite_vals = [r[val_key] for r in rows if isinstance(r.get(val_key), (int, float))]
+    best = (max if parts.workload.higher_is_better else min)(finite_vals) if finite_vals else None
+    return {
+        "name": rd.path.name,
+        "status": status,
+        "workload": parts.cfg.workload.name,
+        "model": parts.cfg.model.name,
+        "optimizer": parts.cfg.optimizer.name,
+        "schedule": parts.cfg.schedule.name,
+        "metric": metric,
+        "higher_is_better": parts.workload.higher_is_better,
+        "threshold": parts.tracker.threshold,
+        "steps": parts.step,
+        "steps_planned": parts.cfg.train.steps,
+        "train_time": round(parts.train_time, 3),
+        "wall_time": round(rows[-1]["wall"], 3) if rows else None,
+        "final": rows[-1] if rows else {},
+        f"best_val_{metric}": best,
+        "events": parts.tracker.summary(),
+        "event_list": [e.to_dict() for e in parts.tracker.events],
+        "parameters": sum(p.numel() for p in parts.model.parameters()),
+        "device": str(env.device),
+        "world_size": env.world_size,
+        "threads": torch.get_num_threads(),
+        "versions": versions(),
+        "command": command,
+    }
+
+
+def closing_text(summary: dict[str, Any], path: Path, report_path: Path | None) -> str:
+    """The terminal's closing summary of a run."""
+    metric, ev = summary["metric"], summary["events"]
+    lines = [f"trainlab: {summary['status']} {summary['steps']} steps in {summary['train_time']:.1f} s of training "
+             f"({summary['wall_time'] or 0:.1f} s wall)"]
+    for name, split in (("memorized", "train"), ("generalized", "val")):
+        event = next((e for e in summary["event_list"] if e["name"] == name), None)
+        if event:
+            lines.append(f"  {name:<12} step {event['step']:>6}  at {event['time']:.1f} s  ({event['detail']})")
+        else:
+            lines.append(f"  {name:<12} not reached ({split} {metric} never reached {summary['threshold']:g})")
+    if ev.get("grokking_delay_steps") is not None:
+        lines.append(f"  grokking delay: {ev['grokking_delay_steps']} steps, {ev['grokking_delay_seconds']:.1f} s")
+    if "diverged" in ev:
+        lines.append(f"  diverged at step {ev['diverged']}")
+    final = summary["final"]
+    if final:
+        shown = ", ".join(f"{k} {final[k]:.4g}" for k in final
+                          if k.startswith(("train_", "val_")) and isinstance(final[k], (int, float)))
+        lines.append(f"  final: {shown}")
+    lines.append(f"  run directory: {path}")
+    if report_path is not None:
+        lines.append(f"  report: {report_path}")
+    if summary["status"] == "interrupted":
+        lines.append(f"  resume with: trainlab run --resume {path}")
+    return "\n".join(lines)
