@@ -7,6 +7,7 @@ import torch
 
 from trainlab.config import ConfigError
 from trainlab.workloads import build
+from trainlab.workloads.base import DataError
 from trainlab.workloads.charlm import CORPUS_MODULES, default_corpus
 
 
@@ -59,9 +60,9 @@ def test_default_corpus_from_stdlib() -> None:
 
 
 def test_errors(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         build("charlm", path=str(tmp_path / "nope.txt")).data("tokens")
-    with pytest.raises(IsADirectoryError, match="is a directory"):
+    with pytest.raises(DataError, match="is a directory"):
         build("charlm", path=str(tmp_path)).data("tokens")
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9 ".encode("latin-1") * 100)

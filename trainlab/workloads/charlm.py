@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from trainlab.config import ConfigError, option
-from trainlab.workloads.base import DataSpec, Dataset, InputKind, Workload
+from trainlab.workloads.base import DataError, DataSpec, Dataset, InputKind, Workload
 from trainlab.workloads.registry import register
 
 #: Standard-library modules whose docstrings form the default corpus, in this order (missing ones are skipped).
@@ -88,7 +88,7 @@ def default_corpus(max_chars: int = 0) -> str:
             break
     text = "\n\n".join(parts)
     if not text:
-        raise ValueError(
+        raise DataError(
             "charlm: no standard-library sources found for the default corpus; pass path=FILE (a UTF-8 text file)"
         )
     return text[:max_chars] if max_chars else text
@@ -98,14 +98,14 @@ def read_text(path: str) -> str:
     """Read a UTF-8 text file, with one-line errors for the usual mistakes."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"charlm: text file {str(p)!r} does not exist (path= must name a UTF-8 text file)")
+        raise DataError(f"charlm: text file {str(p)!r} does not exist (path= must name a UTF-8 text file)")
     if p.is_dir():
-        raise IsADirectoryError(f"charlm: {str(p)!r} is a directory; path= must name a UTF-8 text file")
+        raise DataError(f"charlm: {str(p)!r} is a directory; path= must name a UTF-8 text file")
     raw = p.read_bytes()
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(
+        raise DataError(
             f"charlm: {str(p)!r} is not UTF-8 text (invalid byte at offset {err.start}); convert it to UTF-8"
         ) from None
 
@@ -218,7 +218,7 @@ class CharLMWorkload(Workload):
         n_train = len(text) - n_val
         if n_train < size or n_val < size:
             source = "the default corpus" if o.path is None else repr(o.path)
-            raise ValueError(
+            raise DataError(
                 f"charlm: text of {source} is too short: {len(text)} characters give {n_train} training and "
                 f"{n_val} validation characters, each needs at least block_size+1={size}"
             )

@@ -33,15 +33,15 @@ import numpy as np
 import torch
 
 from trainlab.config import option
-from trainlab.workloads.base import DataSpec, Dataset, InputKind, Workload
+from trainlab.workloads.base import DataError, DataSpec, Dataset, InputKind, Workload
 from trainlab.workloads.registry import register
 
 
-class MissingDataError(FileNotFoundError, ValueError):
+class MissingDataError(FileNotFoundError, DataError):
     """Data files are not where they are expected; the message names the directory and the files."""
 
 
-class DataFormatError(ValueError):
+class DataFormatError(DataError):
     """A data file exists but does not have the expected format."""
 
 
@@ -257,7 +257,7 @@ class _VisionWorkload(Workload):
         o = self.options
         if o.n_train:
             if o.n_train > len(x_train):
-                raise ValueError(f"{self.name}: n_train={o.n_train} but the training set has {len(x_train)} examples")
+                raise DataError(f"{self.name}: n_train={o.n_train} but the training set has {len(x_train)} examples")
             gen = torch.Generator().manual_seed(o.seed)
             keep = torch.randperm(len(x_train), generator=gen)[: o.n_train].sort().values.numpy()
             x_train, y_train = x_train[keep], y_train[keep]

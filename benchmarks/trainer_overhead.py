@@ -1,0 +1,495 @@
+#!/usr/bin/env python
+"""Trainer overhead: ``trainlab.run`` against a hand-written PyTorch loop on the same workload, in one process.
+
+For each workload the script measures, on the same data tensors, the same model (built by the same factory
+from the same seed), the same optimizer and hyperparameters and the same batch size:
+
+(a) **trainlab** -- the real ``trainlab.run(...)`` path (quiet, no report, evaluation only at the first and
+    last step and limited to a few examples); the per-step time is ``train_time / steps`` read from the run's
+    ``summary.json``, which is the number users get and which excludes evaluation and checkpointing;
+(b) **plain** -- the loop a competent user writes: one random permutation per epoch, minibatches by
+    indexing, ``zero_grad(set_to_none=True)``, forward, mean cross-entropy, backward, ``torch.optim.AdamW``
+    step, timed with ``time.perf_counter`` around the whole loop (a fresh model and optimizer per repetition,
+    as ``trainlab.run`` builds its own).
+
+Repetitions are interleaved (pairs alternate order AB, BA, AB, ... so a linear drift of the machine cancels)
+after a warm-up of each; the overhead is reported as the median and min-max over the pairs of
+``t_trainlab / t_plain - 1``. The physical floor is the step's FLOPs (FlopCounterMode on one plain step,
+forward and backward) divided by the fp32 matmul rate measured between the pairs. When the median overhead
+exceeds ``--target`` (default 3%), or with ``--profile``, cProfile and torch.profiler show where trainlab's
+extra time goes.
+
+Nothing here asserts a timing: it measures and prints. Example::
+
+    python benchmarks/trainer_overhead.py                       # mnist1d / cnn1d, batch 100
+    python benchmarks/trainer_overhead.py --workload all        # mnist1d, then charlm / transformer, batch 32
+    python benchmarks/trainer_overhead.py --workload charlm --steps 40 --repeats 7 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+import trainlab
+from trainlab import models, workloads
+from trainlab.dist.env import DistEnv
+from trainlab.train.config import RunConfig, parse_overrides, resolve
+from trainlab.train.loop import build_parts, input_kind_for, train_step
+
+# Per-workload defaults: (steps per timed run, batch size). Steps are chosen so one run takes a few seconds.
+DEFAULTS: dict[str, tuple[int, int]] = {"mnist1d": (300, 100), "charlm": (30, 32)}
+EVAL_EXAMPLES = 64  # evaluation is excluded from train_time anyway; this only keeps the untimed wall short
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Configuration shared by both sides
+
+
+def overrides_for(workload: str, steps: int, batch: int, seed: int) -> list[str]:
+    """The ``key=value`` overrides of the trainlab run (the plain loop reads the same resolved config)."""
+    return [f"workload={workload}", f"steps={steps}", f"eval_every={steps}", f"batch_size={batch}",
+            f"seed={seed}", "device=cpu", "dtype=float32", "compile=false", f"eval_examples={EVAL_EXAMPLES}"]
+
+
+def config_for(workload: str, steps: int, batch: int, seed: int) -> RunConfig:
+    cfg = resolve([parse_overrides(overrides_for(workload, steps, batch, seed))])
+    if cfg.optimizer.name != "adamw":
+        raise SystemExit(f"the plain loop uses torch.optim.AdamW; config resolved to {cfg.optimizer.name}")
+    if cfg.schedule.name != "constant" or cfg.schedule.options.warmup != 0:
+        raise SystemExit("the plain loop uses a constant learning rate; config resolved to another schedule")
+    if cfg.train.grad_clip is not None:
+        raise SystemExit("the plain loop does not clip gradients")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (b) The hand-written loop
+
+
+@dataclass
+class Plain:
+    """Data and model factory of the hand-written loop, built as a user would from trainlab's pieces."""
+
+    cfg: RunConfig
+    x: torch.Tensor
+    y: torch.Tensor
+    build_model: Callable[[], torch.nn.Module]
+
+
+def plain_setup(cfg: RunConfig) -> Plain:
+    workload = workloads.build(cfg.workload.name, **cfg.workload.kwargs())
+    kind = input_kind_for(workload, cfg.model.name)
+    data = workload.data(kind)  # the workload's own tensors (float32, CPU), as trainlab uses them
+    spec = workload.spec(kind)
+
+    def build_model() -> torch.nn.Module:
+        torch.manual_seed(cfg.train.seed)  # build_parts seeds, then builds the workload (no torch RNG), then the model
+        return models.build(cfg.model.name, spec, **cfg.model.kwargs())
+
+    return Plain(cfg, data.x_train, data.y_train, build_model)
+
+
+def plain_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optimizer.options
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                             weight_decay=o.weight_decay, amsgrad=o.amsgrad)
+
+
+def plain_train(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                batch: int, steps: int, seed: int) -> torch.Tensor:
+    """The loop a competent user writes. The permutation of epoch ``e`` is seeded like trainlab's sampler
+    (``seed * 1_000_003 + e``) so both sides see the same batches; that costs nothing extra."""
+    n = len(x)
+    per_epoch = n // batch  # drop the last partial batch, as trainlab does
+    gen = torch.Generator()
+    perm = torch.empty(0, dtype=torch.long)
+    loss = torch.zeros(())
+    for step in range(steps):
+        epoch, pos = divmod(step, per_epoch)
+        if pos == 0:
+            perm = torch.randperm(n, generator=gen.manual_seed(seed * 1_000_003 + epoch))
+        idx = perm[pos * batch:(pos + 1) * batch]
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        logits = model(xb)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
+        loss.backward()
+        opt.step()
+    return loss
+
+
+def time_plain(plain: Plain, steps: int) -> float:
+    """Seconds for ``steps`` steps of the plain loop on a fresh model and optimizer."""
+    cfg = plain.cfg
+    model = plain.build_model()
+    opt = plain_optimizer(cfg, model)
+    t0 = time.perf_counter()
+    plain_train(model, opt, plain.x, plain.y, cfg.train.batch_size, steps, cfg.train.seed)  # type: ignore[arg-type]
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (a) The trainlab path
+
+
+def time_trainlab(workload: str, steps: int, batch: int, seed: int, root: Path, tag: str) -> tuple[float, float, dict]:
+    """(train_time seconds from summary.json, wall seconds of the whole run() call, summary)."""
+    t0 = time.perf_counter()
+    run_dir = trainlab.run(overrides=overrides_for(workload, steps, batch, seed), out=root / tag, quiet=True,
+                           report=False, command="benchmarks/trainer_overhead.py")
+    wall = time.perf_counter() - t0
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    if summary["status"] != "completed" or summary["steps"] != steps:
+        raise RuntimeError(f"trainlab run {run_dir} did not complete {steps} steps: {summary['status']}")
+    return float(summary["train_time"]), wall, summary
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Equivalence check: same initial weights, same update
+
+
+def check_equivalence(cfg: RunConfig, plain: Plain, steps: int = 3) -> dict[str, float]:
+    """Build trainlab's parts and the plain model; compare initial weights and weights after ``steps`` steps."""
+    parts = build_parts(cfg, DistEnv())
+    model = plain.build_model()
+    init_diff = max((a - b).abs().max().item() for a, b in zip(parts.model.parameters(), model.parameters()))
+    for s in range(steps):
+        train_step(parts, s)
+    opt = plain_optimizer(cfg, model)
+    plain_train(model, opt, plain.x, plain.y, cfg.train.batch_size, steps, cfg.train.seed)  # type: ignore[arg-type]
+    step_diff = max((a - b).abs().max().item() for a, b in zip(parts.model.parameters(), model.parameters()))
+    if not torch.equal(parts.data.x_train, plain.x):
+        raise RuntimeError("trainlab and the plain loop see different training data")
+    return {"init_max_abs_diff": init_diff, f"after_{steps}_steps_max_abs_diff": step_diff}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Floor: FLOPs of one step / measured matmul rate
+
+
+def _sdpa_cpu_mapping() -> dict[Any, Any]:
+    """FlopCounterMode has no formula for the CPU flash-attention kernels; count them like the CUDA ones."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    mapping: dict[Any, Any] = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        def fwd(query, key, value, *args, out_shape=None, **kwargs):  # noqa: ANN001, ANN202
+            return sdpa_flop_count(query, key, value)
+
+        def bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):  # noqa: ANN001, ANN202
+            return sdpa_backward_flop_count(grad_out, query, key, value)
+
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd
+    return mapping
+
+
+def count_flops(plain: Plain) -> dict[str, Any]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = plain.cfg
+    model = plain.build_model()
+    b = cfg.train.batch_size
+    xb, yb = plain.x[:b], plain.y[:b]
+    mapping = _sdpa_cpu_mapping()
+    with FlopCounterMode(display=False, custom_mapping=mapping) as fwd:
+        logits = model(xb)
+    with FlopCounterMode(display=False, custom_mapping=mapping) as step:
+        logits = model(xb)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1)).backward()
+    by_op = {str(k): int(v) for k, v in step.get_flop_counts()["Global"].items()}
+    return {"forward": fwd.get_total_flops(), "step": step.get_total_flops(), "by_op": by_op,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def matmul_rate(n: int = 2048, reps: int = 3) -> float:
+    """Best fp32 GFLOP/s of ``reps`` n x n matmuls (the machine's dense rate right now, same threads)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Profiling where trainlab's extra time goes
+
+
+def _top(prof: cProfile.Profile, steps: int, limit: int) -> str:
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(limit)
+    calls = stats.total_calls  # type: ignore[attr-defined]
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+    start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
+    return f"    Python-level calls per step: {calls / steps:.0f}\n" + "\n".join("    " + ln for ln in lines[start:])
+
+
+def _op_table(prof: Any, steps: int) -> dict[str, tuple[float, float]]:
+    """aten op name -> (calls per step, self CPU microseconds per step)."""
+    return {e.key: (e.count / steps, e.self_cpu_time_total / steps) for e in prof.key_averages()}
+
+
+def profile(cfg: RunConfig, plain: Plain, steps: int, limit: int = 14) -> str:
+    """cProfile and torch.profiler of ``steps`` of trainlab's ``train_step`` and of the plain loop."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    out = []
+    parts = build_parts(cfg, DistEnv())
+    for s in range(20):  # warm-up
+        train_step(parts, s)
+    model = plain.build_model()
+    opt = plain_optimizer(cfg, model)
+    b, seed = cfg.train.batch_size, cfg.train.seed
+    plain_train(model, opt, plain.x, plain.y, b, 20, seed)  # type: ignore[arg-type]
+
+    def run_trainlab() -> None:
+        for s in range(20, 20 + steps):
+            train_step(parts, s)
+
+    def run_plain() -> None:
+        plain_train(model, opt, plain.x, plain.y, b, steps, seed)  # type: ignore[arg-type]
+
+    for name, fn in (("trainlab train_step", run_trainlab), ("plain loop", run_plain)):
+        prof = cProfile.Profile()
+        prof.enable()
+        fn()
+        prof.disable()
+        out.append(f"  cProfile, {name}, {steps} steps, top {limit} by own time:\n{_top(prof, steps, limit)}")
+
+    tables = {}
+    for name, fn in (("trainlab", run_trainlab), ("plain", run_plain)):
+        with torch_profile(activities=[ProfilerActivity.CPU]) as tp:
+            fn()
+        tables[name] = _op_table(tp, steps)
+    t, p = tables["trainlab"], tables["plain"]
+    rows = []
+    for key in sorted(set(t) | set(p)):
+        tc, tus = t.get(key, (0.0, 0.0))
+        pc, pus = p.get(key, (0.0, 0.0))
+        if abs(tc - pc) > 1e-9:
+            rows.append((tus - pus, key, tc, pc, tus, pus))
+    rows.sort(reverse=True)
+    total_t = sum(v[1] for v in t.values())
+    total_p = sum(v[1] for v in p.values())
+    n_t = sum(v[0] for v in t.values())
+    n_p = sum(v[0] for v in p.values())
+    lines = [f"  torch.profiler: ops per step trainlab {n_t:.0f} vs plain {n_p:.0f}; summed self CPU per step "
+             f"{total_t / 1e3:.2f} ms vs {total_p / 1e3:.2f} ms (profiler-inflated). Ops whose call count differs:",
+             f"    {'op':<44} {'calls/step tl':>13} {'plain':>6} {'self us/step tl':>16} {'plain':>8}"]
+    for _, key, tc, pc, tus, pus in rows[:limit]:
+        lines.append(f"    {key:<44} {tc:>13.2f} {pc:>6.2f} {tus:>16.1f} {pus:>8.1f}")
+    out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclass
+class Result:
+    workload: str
+    model: str
+    batch: int
+    steps: int
+    threads: int
+    trainlab_ms: list[float] = field(default_factory=list)
+    plain_ms: list[float] = field(default_factory=list)
+    run_wall_s: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    flops: dict[str, Any] = field(default_factory=dict)
+    check: dict[str, float] = field(default_factory=dict)
+    load_start: tuple[float, ...] = ()
+    load_end: tuple[float, ...] = ()
+    profile: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        med = statistics.median
+        rate_best, rate_med = max(self.rates), med(self.rates)
+        step_flops = self.flops["step"]
+        d = {
+            "workload": self.workload, "model": self.model, "batch": self.batch, "steps_per_run": self.steps,
+            "repeats": len(self.ratios), "threads": self.threads,
+            "trainlab_ms_per_step": {"median": med(self.trainlab_ms), "min": min(self.trainlab_ms),
+                                     "max": max(self.trainlab_ms)},
+            "plain_ms_per_step": {"median": med(self.plain_ms), "min": min(self.plain_ms), "max": max(self.plain_ms)},
+            "overhead": {"median": med(self.ratios) - 1, "min": min(self.ratios) - 1, "max": max(self.ratios) - 1},
+            "run_wall_s_median": med(self.run_wall_s),
+            "flops_forward": self.flops["forward"], "flops_step": step_flops,
+            "flops_step_over_forward": step_flops / self.flops["forward"], "flops_by_op": self.flops["by_op"],
+            "parameters": self.flops["parameters"],
+            "matmul_gflops": {"best": rate_best, "median": rate_med, "min": min(self.rates)},
+            "floor_ms_at_best_rate": step_flops / (rate_best * 1e9) * 1e3,
+            "floor_ms_at_median_rate": step_flops / (rate_med * 1e9) * 1e3,
+            "equivalence": self.check, "loadavg_start": self.load_start, "loadavg_end": self.load_end,
+            "pairs": [{"trainlab_ms": a, "plain_ms": b, "ratio": r}
+                      for a, b, r in zip(self.trainlab_ms, self.plain_ms, self.ratios)],
+        }
+        d["plain_over_floor"] = d["plain_ms_per_step"]["median"] / d["floor_ms_at_best_rate"]
+        d["trainlab_over_floor"] = d["trainlab_ms_per_step"]["median"] / d["floor_ms_at_best_rate"]
+        return d
+
+
+def bench(workload: str, steps: int, batch: int, repeats: int, warmup: int, seed: int, threads: int,
+          target: float, force_profile: bool, profile_steps: int, root: Path, log: Callable[[str], None]) -> Result:
+    cfg = config_for(workload, steps, batch, seed)
+    res = Result(workload, cfg.model.name, batch, steps, threads, load_start=os.getloadavg())
+    log(f"\n== {workload} / {cfg.model.name} / {cfg.optimizer.name} {cfg.optimizer.kwargs()} / batch {batch} / "
+        f"{steps} steps per run / {repeats} pairs / {threads} threads")
+    plain = plain_setup(cfg)
+    res.check = check_equivalence(cfg, plain)
+    log(f"  equivalence: {res.check}")
+    res.flops = count_flops(plain)
+    log(f"  FLOPs per step: forward {res.flops['forward']:.4g}, forward+backward {res.flops['step']:.4g} "
+        f"({res.flops['step'] / res.flops['forward']:.2f}x forward); {res.flops['parameters']:,} parameters")
+
+    # Warm-up of each side (kernel caches, allocator, lazy imports), untimed.
+    time_trainlab(workload, warmup, batch, seed, root, f"{workload}-warmup")
+    time_plain(plain, warmup)
+    res.rates.append(matmul_rate())
+
+    for i in range(repeats):
+        order = ("trainlab", "plain") if i % 2 == 0 else ("plain", "trainlab")
+        got: dict[str, float] = {}
+        for side in order:
+            if side == "trainlab":
+                train_time, wall, summary = time_trainlab(workload, steps, batch, seed, root, f"{workload}-{i}")
+                if summary["threads"] != threads:
+                    raise RuntimeError(f"trainlab ran with {summary['threads']} threads, expected {threads}")
+                got[side] = train_time / steps * 1e3
+                res.run_wall_s.append(wall)
+            else:
+                got[side] = time_plain(plain, steps) / steps * 1e3
+        res.trainlab_ms.append(got["trainlab"])
+        res.plain_ms.append(got["plain"])
+        res.ratios.append(got["trainlab"] / got["plain"])
+        res.rates.append(matmul_rate())
+        log(f"  pair {i + 1}/{repeats} ({order[0][0].upper()}{order[1][0].upper()}): trainlab {got['trainlab']:.3f} "
+            f"ms/step, plain {got['plain']:.3f} ms/step, ratio {res.ratios[-1]:.4f}; matmul {res.rates[-1]:.0f} "
+            f"GFLOP/s; load {os.getloadavg()[0]:.2f}")
+    res.load_end = os.getloadavg()
+
+    overhead = statistics.median(res.ratios) - 1
+    if force_profile or overhead > target:
+        why = "forced" if force_profile else f"median overhead {overhead:+.1%} > {target:.0%}"
+        log(f"  profiling ({why}) ...")
+        res.profile = profile(cfg, plain, profile_steps)
+    return res
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "trainlab": trainlab.__version__, "platform": platform.platform()}
+
+
+def report(results: list[Result], info: dict[str, Any], target: float) -> str:
+    lines = [f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
+             f"Python {info['python']}, threads {info['threads']}; load average (1/5/15 min) at start "
+             f"{'/'.join(f'{v:.2f}' for v in info['loadavg_start'])}, at end "
+             f"{'/'.join(f'{v:.2f}' for v in info['loadavg_end'])}", ""]
+    lines += ["| workload / model | batch | steps x pairs | trainlab ms/step (median, min-max) | plain ms/step "
+              "(median, min-max) | overhead median (min .. max) | FLOPs/step (fwd+bwd) | matmul GFLOP/s best "
+              "(median) | floor ms/step at best | plain / floor | trainlab / floor |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r.summary()
+        t, p, o, m = s["trainlab_ms_per_step"], s["plain_ms_per_step"], s["overhead"], s["matmul_gflops"]
+        lines.append(
+            f"| {r.workload} / {r.model} | {r.batch} | {r.steps} x {s['repeats']} | {t['median']:.3f} "
+            f"({t['min']:.3f}-{t['max']:.3f}) | {p['median']:.3f} ({p['min']:.3f}-{p['max']:.3f}) | "
+            f"{o['median']:+.2%} ({o['min']:+.2%} .. {o['max']:+.2%}) | {s['flops_step'] / 1e6:.1f} M "
+            f"({s['flops_step_over_forward']:.2f}x fwd) | {m['best']:.0f} ({m['median']:.0f}) | "
+            f"{s['floor_ms_at_best_rate']:.3f} | {s['plain_over_floor']:.1f}x | {s['trainlab_over_floor']:.1f}x |")
+    lines.append("")
+    for r in results:
+        s = r.summary()
+        verdict = "within" if s["overhead"]["median"] <= target else "ABOVE"
+        lines.append(f"{r.workload}: median overhead {s['overhead']['median']:+.2%} is {verdict} the "
+                     f"{target:.0%} target; whole trainlab.run() call (setup, 2 evaluations of "
+                     f"{EVAL_EXAMPLES} examples, checkpoint, summary) took {s['run_wall_s_median']:.2f} s median "
+                     f"wall for {r.steps} steps; equivalence {r.check}")
+        if r.profile:
+            lines += [f"\nprofile of {r.workload}:", r.profile]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Per-step time of trainlab.run against a hand-written PyTorch loop on the same workload, "
+                    "model, optimizer and batch; interleaved repetitions, median overhead ratio, and the "
+                    "FLOP floor (FLOPs per step / measured fp32 matmul rate).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--workload", choices=[*DEFAULTS, "all"], default="mnist1d",
+                        help="mnist1d (cnn1d, batch 100), charlm (transformer, batch 32) or all")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps per timed run (default: 300 for mnist1d, 30 for charlm)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the workload's (100 / 32)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved trainlab/plain pairs")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps per side (default: steps/5)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=0.03, help="overhead above which the run is profiled")
+    parser.add_argument("--profile", action="store_true", help="always profile (cProfile + torch.profiler)")
+    parser.add_argument("--profile-steps", type=int, default=100, help="steps per profiled side")
+    parser.add_argument("--json", type=Path, default=None, help="also write all figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    info = machine()
+    info.update(threads=torch.get_num_threads(), loadavg_start=os.getloadavg(), argv=sys.argv)
+    names = list(DEFAULTS) if args.workload == "all" else [args.workload]
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    log(f"trainer_overhead: {info['cpu']}, {info['logical_cpus']} CPUs, torch {info['torch']}, "
+        f"{info['threads']} threads, load average {info['loadavg_start']}")
+    results = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trainlab-bench-") as tmp:
+        for name in names:
+            steps = args.steps or DEFAULTS[name][0]
+            batch = args.batch_size or DEFAULTS[name][1]
+            warmup = args.warmup or max(steps // 5, 3)
+            results.append(bench(name, steps, batch, args.repeats, warmup, args.seed, info["threads"], args.target,
+                                 args.profile, args.profile_steps, Path(tmp), log))
+    info["loadavg_end"] = os.getloadavg()
+    info["benchmark_seconds"] = time.perf_counter() - t0
+    log("\n" + report(results, info, args.target))
+    log(f"\n(benchmark took {info['benchmark_seconds']:.0f} s)")
+    if args.json:
+        payload = {"machine": info, "results": [{**r.summary(), "profile": r.profile} for r in results]}
+        args.json.write_text(json.dumps(payload, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

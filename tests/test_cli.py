@@ -1,0 +1,64 @@
+"""The command line end to end, as a user types it (subprocesses; no traceback for user mistakes)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import trainlab
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "trainlab", *args], capture_output=True, text=True, env=ENV,
+                          cwd=cwd, timeout=300)
+
+
+def test_version_and_help():
+    assert cli("--version").stdout.strip() == f"trainlab {trainlab.__version__}"
+    for command in ("run", "list", "report"):
+        out = cli(command, "--help")
+        assert out.returncode == 0 and "examples:" in out.stdout and f"trainlab {command}" in out.stdout
+
+
+def test_list():
+    out = cli("list", "optimizers")
+    assert out.returncode == 0 and "adamw" in out.stdout and "[torch.optim.AdamW]" in out.stdout
+    out = cli("list", "workloads", "--options")
+    assert "modular" in out.stdout and "workload.p = 97" in out.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "optimizer.lrr=1"], "optimizer.lrr: unknown key; allowed: lr"),
+    (["run", "steps=-3"], "steps: must be >= 1"),
+    (["run", "workload=nope"], "unknown workload 'nope'"),
+    (["run", "missing.yaml"], "config file 'missing.yaml' not found"),
+    (["run", "workload=charlm", "workload.path=/no/such/file.txt", "steps=1"], "does not exist"),
+    (["run", "workload=mnist", "workload.root=/nonexistent", "steps=1"], "never downloads"),
+    (["run", "--resume", "/nonexistent"], "no config.yaml"),
+    (["report", "/nonexistent"], "is not a directory"),
+])
+def test_user_mistakes_get_one_line_and_exit_2(args, words, tmp_path):
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and words in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.slow
+def test_run_then_report_two_runs(tmp_path):
+    base = ["run", "workload.p=23", "steps=40", "eval_every=20", "model.width=32"]
+    first = cli(*base, "--out", "a", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "memorized" in first.stdout and "report:" in first.stdout
+    quiet = cli(*base, "optimizer.weight_decay=0", "--out", "b", "--quiet", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout == ""
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["command"].startswith("__main__.py run") or "run" in summary["command"]
+    out = cli("report", "a", "b", "--out", "both.html", cwd=tmp_path)
+    assert out.returncode == 0 and (tmp_path / "both.html").exists()
+    page = (tmp_path / "both.html").read_text()
+    assert ">a<" in page and ">b<" in page

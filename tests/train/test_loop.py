@@ -1,0 +1,111 @@
+"""The trainer on tiny runs: learning, metrics rows, timing that excludes evaluation, resume, Saxe's curves."""
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import trainlab
+from trainlab.dist.env import DistEnv
+from trainlab.train import loop
+from trainlab.train.progress import Progress
+from trainlab.train.rundir import RunDir
+from trainlab.train.config import parse_overrides, resolve
+from trainlab.workloads.regression import saxe_loss_curve
+
+TINY = ["workload.p=23", "steps=60", "eval_every=20", "model.width=64", "optimizer.lr=1e-2"]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
+    run_dir = trainlab.run(None, TINY, out=tmp_path / "run", quiet=True)
+    metrics = rows(run_dir)
+    assert [r["step"] for r in metrics] == [0, 20, 40, 60]
+    for key in ("step", "time", "wall", "lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+        assert key in metrics[0]
+    assert metrics[-1]["train_loss"] < 0.5 * metrics[0]["train_loss"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 60
+    assert summary["events"]["memorized"] is not None  # 23² · 0.4 examples are easy to memorise
+    assert {"memorized", "generalized", "grokking_delay_steps"} <= set(summary["events"])
+    assert summary["final"]["step"] == 60 and summary["versions"]["torch"] == torch.__version__
+    for name in ("config.yaml", "events.json", "report.html", "plots/loss.png", "checkpoints/latest.json"):
+        assert (run_dir / name).exists(), name
+
+
+def test_evaluation_time_is_excluded(tmp_path, monkeypatch):
+    real = loop.evaluate
+
+    def slow_evaluate(p, wall):
+        time.sleep(0.3)
+        return real(p, wall)
+
+    monkeypatch.setattr(loop, "evaluate", slow_evaluate)
+    run_dir = trainlab.run(None, TINY, out=tmp_path / "run", quiet=True, report=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # The last row's wall clock is read before its own evaluation: three sleeps precede it.
+    assert summary["wall_time"] >= 3 * 0.3
+    assert summary["train_time"] < summary["wall_time"] - 3 * 0.3 + 0.05
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    full = trainlab.run(None, TINY, out=tmp_path / "full", quiet=True, report=False)
+    half = trainlab.run(None, [*TINY[:1], "steps=30", *TINY[2:]], out=tmp_path / "half", quiet=True, report=False)
+    # A completed 30-step run resumed to 60 steps must pass through exactly the same states.
+    trainlab.run(overrides=["steps=60"], resume=half, quiet=True, report=False)
+    a, b = rows(full), {r["step"]: r for r in rows(half)}
+    assert sorted(b) == [0, 20, 30, 40, 60]  # the 30-step run also evaluated at its last step
+    for ra in a:
+        rb = b[ra["step"]]
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert ra[key] == rb[key], (ra["step"], key)
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    trainlab.run(None, TINY, out=tmp_path / "run", quiet=True, report=False)
+    with pytest.raises(trainlab.train.RunError, match="already holds a run"):
+        trainlab.run(None, TINY, out=tmp_path / "run", quiet=True, report=False)
+
+
+def test_minibatch_grad_clip_and_schedule(tmp_path):
+    run_dir = trainlab.run(None, ["workload=sparse_parity", "workload.n=10", "workload.n_train=256", "steps=40",
+                                  "eval_every=20", "batch_size=32", "grad_clip=0.5", "schedule=cosine",
+                                  "schedule.warmup=5"], out=tmp_path / "run", quiet=True, report=False)
+    metrics = rows(run_dir)
+    assert metrics[0]["lr"] == pytest.approx(3e-3 / 5) and "grad_norm" in metrics[-1]
+    assert metrics[-1]["lr"] < metrics[1]["lr"]
+
+
+def test_divergence_stops_the_run(tmp_path):
+    run_dir = trainlab.run(None, ["workload=teacher_student", "optimizer=sgd", "optimizer.lr=1e6", "steps=200",
+                                  "eval_every=10"], out=tmp_path / "run", quiet=True, report=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["steps"] < 200
+
+
+def test_deep_linear_learning_curve_matches_saxe(tmp_path):
+    """Trainer + deep_linear workload + plain GD from Saxe et al.'s decoupled initial condition."""
+    a0, lr, steps = 0.01, 0.01, 700
+    cfg = resolve([parse_overrides(["workload=deep_linear", "optimizer=sgd", f"optimizer.lr={lr}",
+                                    f"steps={steps}", "eval_every=25"])])
+    parts = loop.build_parts(cfg, DistEnv())
+    u, s, v = (t.float() for t in parts.workload.teacher())
+    r = torch.eye(16)[:, : len(s)]
+    with torch.no_grad():
+        parts.model.body.fc0.weight.copy_(math.sqrt(a0) * r @ v.T)
+        parts.model.head.weight.copy_(math.sqrt(a0) * u @ r.T)
+    logged = []
+    status = loop.train_loop(parts, RunDir(tmp_path), Progress(steps, quiet=True),
+                             loop.StopFlag(), logged.append, lambda events: None)
+    assert status == "completed"
+    expected = saxe_loss_curve(s.tolist(), a0, lr, steps)
+    got = np.array([row["train_loss"] for row in logged])
+    want = expected[[row["step"] for row in logged]]
+    assert np.max(np.abs(got - want)) < 0.02 * expected[0]
+    assert got[-1] < 1e-3
