@@ -304,6 +304,114 @@ def profile(cfg: RunConfig, plain: Plain, steps: int, limit: int = 14) -> str:
     return "\n\n".join(out)
 
 
+def _per_call_us(fn: Callable[[], Any], calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def _paired(a: Callable[[], Any], b: Callable[[], Any], calls: int, rounds: int = 7) -> tuple[float, float]:
+    """Median microseconds per call of ``a`` and ``b``, timed in alternating rounds."""
+    ta, tb = [], []
+    for i in range(rounds):
+        for fn, acc in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+            acc.append(_per_call_us(fn, calls))
+    return statistics.median(ta), statistics.median(tb)
+
+
+def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> str:
+    """Time, in isolation, each piece of work trainlab's step and loop do that the plain loop does not.
+
+    1. the loss head: the workload's per-example loss, ``sum * (world/global_count)``, its backward and
+       ``losses.detach().mean()``, against ``cross_entropy(logits.reshape(-1, V), y.reshape(-1))`` and its
+       backward, on the same detached logits (a leaf requiring grad), so the model is not in it;
+    2. step bookkeeping: the lr-multiplier call and per-group lr writes, ``sampler.indices`` and the second
+       ``sampler.global_indices`` call, against the plain loop's ``divmod`` and permutation slice;
+    3. the loop around the step: ``train_loop`` itself with ``train_step`` replaced by a no-op, read from
+       trainlab's own clock (``parts.train_time``), against an empty ``for`` loop.
+    """
+    import trainlab.train.loop as loop_mod
+    from trainlab.train.loop import StopFlag, train_loop
+    from trainlab.train.progress import Progress
+    from trainlab.train.rundir import RunDir
+
+    parts = build_parts(cfg, DistEnv())
+    b = cfg.train.batch_size
+    assert b is not None
+    idx = parts.sampler.indices(0)
+    with torch.no_grad():
+        logits0 = parts.net(parts.data.x_train[idx])
+    y = parts.data.y_train[idx]
+    logits = logits0.clone().requires_grad_(True)
+    workload = parts.workload
+    world = parts.env.world_size
+
+    def head_trainlab() -> None:
+        losses = workload.loss(logits, y)
+        per_example = losses.numel() // max(len(idx), 1)
+        global_count = len(parts.sampler.global_indices(0)) * per_example
+        logits.grad = None
+        (losses.sum() * (world / global_count)).backward()
+        losses.detach().mean()
+
+    def head_plain() -> None:
+        logits.grad = None
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).backward()
+
+    perm = torch.randperm(parts.data.n_train)
+    per_epoch = parts.data.n_train // b
+    counter = iter(range(10**9))
+
+    def book_trainlab() -> None:
+        step = next(counter) % per_epoch  # stays inside the cached epoch: no randperm on either side
+        lr_scale = parts.lr_multiplier(step)
+        for group, base in zip(parts.optimizer.param_groups, parts.base_lrs):
+            group["lr"] = base * lr_scale
+        parts.sampler.indices(step)
+        len(parts.sampler.global_indices(step))
+        parts.cfg.train.grad_clip is not None  # noqa: B015
+
+    def book_plain() -> None:
+        step = next(counter) % per_epoch
+        epoch, pos = divmod(step, per_epoch)
+        perm[pos * b:(pos + 1) * b]
+
+    out = []
+    for _ in range(50):
+        head_trainlab(), head_plain()
+    h_t, h_p = _paired(head_trainlab, head_plain, 300)
+    k_t, k_p = _paired(book_trainlab, book_plain, 3000)
+
+    # 3. train_loop with a no-op step: only the loop's own per-iteration work lands in parts.train_time.
+    n_loop = 20000
+    loop_cfg = config_for(cfg.workload.name, n_loop, b, cfg.train.seed)
+    lp = build_parts(loop_cfg, DistEnv())
+    zero = torch.zeros(())
+    real_step = loop_mod.train_step
+    loop_mod.train_step = lambda p, step: zero  # type: ignore[assignment]
+    try:
+        train_loop(lp, RunDir(root / "anatomy-loop"), Progress(n_loop, quiet=True), StopFlag(),
+                   lambda row: None, lambda new: None)
+    finally:
+        loop_mod.train_step = real_step  # type: ignore[assignment]
+    loop_us = lp.train_time / n_loop * 1e6
+    empty_us = _per_call_us(lambda: None, n_loop)  # a Python call per iteration, like the plain loop's body
+
+    step_us = plain_step_ms * 1e3
+    items = [("loss head (fwd+bwd+detached mean)", h_t, h_p), ("step bookkeeping (lr, sampler)", k_t, k_p),
+             ("loop around the step (no-op step)", loop_us, empty_us)]
+    out.append(f"  anatomy of the difference (microseconds per step, medians of alternating rounds; plain step "
+               f"{step_us:.0f} us):")
+    out.append(f"    {'piece':<36} {'trainlab':>9} {'plain':>9} {'extra':>9} {'% of step':>9}")
+    total = 0.0
+    for name, t, p in items:
+        total += t - p
+        out.append(f"    {name:<36} {t:>9.1f} {p:>9.1f} {t - p:>9.1f} {(t - p) / step_us:>9.2%}")
+    out.append(f"    {'sum of the pieces':<36} {'':>9} {'':>9} {total:>9.1f} {total / step_us:>9.2%}")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The benchmark
 
@@ -396,7 +504,7 @@ def bench(workload: str, steps: int, batch: int, repeats: int, warmup: int, seed
     if force_profile or overhead > target:
         why = "forced" if force_profile else f"median overhead {overhead:+.1%} > {target:.0%}"
         log(f"  profiling ({why}) ...")
-        res.profile = profile(cfg, plain, profile_steps)
+        res.profile = anatomy(cfg, plain, statistics.median(res.plain_ms), root) + "\n\n" + profile(cfg, plain, profile_steps)
     return res
 
 

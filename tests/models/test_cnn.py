@@ -15,14 +15,6 @@ GRAY = DataSpec("image", (1, 28, 28), 10, "classification")
 RGB = DataSpec("image", (3, 32, 32), 10, "classification")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -16,14 +16,6 @@ VECTOR = DataSpec("vector", (194,), 97, "classification")
 IMAGE = DataSpec("image", (3, 8, 8), 10, "classification")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def linears(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
 

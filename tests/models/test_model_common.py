@@ -37,15 +37,6 @@ IDS = [f"{name}-{spec.input_kind}{'x'.join(map(str, spec.input_shape))}-{spec.ta
 ALL_KINDS = ("vector", "signal", "image", "tokens")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: extra intra-op threads only contend with each other (and other processes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_input(spec: DataSpec, batch: int = B, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     if spec.input_kind == "tokens":

@@ -18,14 +18,6 @@ LM = DataSpec("tokens", (16,), 50, "lm", vocab_size=50)
 SMALL = {"n_layer": 2, "n_head": 4, "d_model": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tokens(spec: DataSpec, batch: int = 3, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, spec.vocab_size, (batch, *spec.input_shape), generator=g)

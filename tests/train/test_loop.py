@@ -11,9 +11,9 @@ import torch
 import trainlab
 from trainlab.dist.env import DistEnv
 from trainlab.train import loop
+from trainlab.train.config import parse_overrides, resolve
 from trainlab.train.progress import Progress
 from trainlab.train.rundir import RunDir
-from trainlab.train.config import parse_overrides, resolve
 from trainlab.workloads.regression import saxe_loss_curve
 
 TINY = ["workload.p=23", "steps=60", "eval_every=20", "model.width=64", "optimizer.lr=1e-2"]

@@ -1,8 +1,7 @@
 """Models: MLP, 1-D and 2-D CNNs, a decoder-only transformer. Built from a :class:`DataSpec`."""
 
-from trainlab.models.registry import MODELS, build, input_kinds, names, register
-
 # Importing the modules registers their models.
-from trainlab.models import mlp, cnn, transformer  # noqa: E402,F401
+from trainlab.models import cnn, mlp, transformer  # noqa: E402,F401
+from trainlab.models.registry import MODELS, build, input_kinds, names, register
 
 __all__ = ["MODELS", "build", "input_kinds", "names", "register"]

@@ -27,6 +27,8 @@ import torch
 
 FORMAT_VERSION = 1
 KEEP = 2
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 class CheckpointError(RuntimeError):
@@ -38,6 +40,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from trainlab.config import ConfigError, option
-from trainlab.workloads.base import DataError, DataSpec, Dataset, InputKind, Workload
+from trainlab.workloads.base import DataError, Dataset, DataSpec, InputKind, Workload
 from trainlab.workloads.registry import register
 
 #: Standard-library modules whose docstrings form the default corpus, in this order (missing ones are skipped).

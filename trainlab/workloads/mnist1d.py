@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from trainlab.config import ConfigError, option
-from trainlab.workloads.base import DataSpec, Dataset, InputKind, Workload
+from trainlab.workloads.base import Dataset, DataSpec, InputKind, Workload
 from trainlab.workloads.registry import register
 
 LENGTH = 40  # MNIST-1D's final_seq_length

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from trainlab.config import ConfigError, option
-from trainlab.workloads.base import DataSpec, Dataset, InputKind, Workload
+from trainlab.workloads.base import Dataset, DataSpec, InputKind, Workload
 from trainlab.workloads.registry import register
 
 Op = Literal["add", "sub", "mul", "div", "x2_xy", "x2_xy_y2"]

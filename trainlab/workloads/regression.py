@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from trainlab.config import ConfigError, option
-from trainlab.workloads.base import DataSpec, Dataset, InputKind, RegressionWorkload
+from trainlab.workloads.base import Dataset, DataSpec, InputKind, RegressionWorkload
 from trainlab.workloads.registry import register
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from trainlab.config import option
-from trainlab.workloads.base import DataError, DataSpec, Dataset, InputKind, Workload
+from trainlab.workloads.base import DataError, Dataset, DataSpec, InputKind, Workload
 from trainlab.workloads.registry import register
 
 
