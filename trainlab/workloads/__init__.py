@@ -1,7 +1,13 @@
 """Workloads: data, model spec, loss, metric, target and budget (see :mod:`trainlab.workloads.base`)."""
 
 # Importing the modules registers their workloads.
-from trainlab.workloads import charlm, mnist1d, modular, regression, sparse_parity, vision  # noqa: E402,F401
+# Registration order is listing order.
+from trainlab.workloads import modular  # noqa: I001,E402,F401
+from trainlab.workloads import sparse_parity  # noqa: E402,F401
+from trainlab.workloads import mnist1d  # noqa: E402,F401
+from trainlab.workloads import charlm  # noqa: E402,F401
+from trainlab.workloads import regression  # noqa: E402,F401
+from trainlab.workloads import vision  # noqa: E402,F401
 from trainlab.workloads.base import Dataset, DataSpec, RegressionWorkload, Workload
 from trainlab.workloads.registry import WORKLOADS, build, names, register
 
