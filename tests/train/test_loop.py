@@ -109,3 +109,29 @@ def test_deep_linear_learning_curve_matches_saxe(tmp_path):
     want = expected[[row["step"] for row in logged]]
     assert np.max(np.abs(got - want)) < 0.02 * expected[0]
     assert got[-1] < 1e-3
+
+
+def test_tensorboard_on_request(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(trainlab.train.RunError, match=r"pip install 'trainlab\[tensorboard\]'"):
+            trainlab.run(None, [*TINY, "tensorboard=true"], out=tmp_path / "run", quiet=True)
+        assert not (tmp_path / "run").exists()  # refused before anything was written
+    else:
+        run_dir = trainlab.run(None, [*TINY, "tensorboard=true"], out=tmp_path / "run", quiet=True, report=False)
+        assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_bf16_autocast_path_runs_on_cpu(tmp_path):
+    run_dir = trainlab.run(None, [*TINY, "autocast=bf16"], out=tmp_path / "run", quiet=True, report=False)
+    metrics = rows(run_dir)
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(tmp_path):
+    eager = rows(trainlab.run(None, TINY, out=tmp_path / "eager", quiet=True, report=False))
+    compiled = rows(trainlab.run(None, [*TINY, "compile=true"], out=tmp_path / "compiled", quiet=True, report=False))
+    for a, b in zip(eager, compiled):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3, abs=1e-5)

@@ -54,6 +54,8 @@ def run(
     else:
         cfg = from_cli(str(config) if config is not None else None, overrides)
 
+    if cfg.train.tensorboard:
+        _require_tensorboard()
     try:
         env = dist_env.setup(cfg.train.device)
     except RuntimeError as err:
@@ -137,13 +139,19 @@ def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, c
     return rd.path
 
 
+def _require_tensorboard() -> None:
+    """Fail before anything is trained or written when TensorBoard output cannot be produced."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise RunError("tensorboard=true needs the tensorboard package: pip install 'trainlab[tensorboard]'") from None
+
+
 def _tensorboard(rd: RunDir, cfg: RunConfig) -> Any:
     if not cfg.train.tensorboard:
         return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise RunError("tensorboard=true needs the tensorboard package: pip install 'trainlab[tensorboard]'") from None
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(log_dir=str(rd.path / "tensorboard"))
 
 
