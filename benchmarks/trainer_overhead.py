@@ -39,9 +39,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,9 @@ from trainlab.dist.env import DistEnv
 from trainlab.train.config import RunConfig, parse_overrides, resolve
 from trainlab.train.loop import build_parts, input_kind_for, train_step
 
-# Per-workload defaults: (steps per timed run, batch size). Steps are chosen so one run takes a few seconds.
-DEFAULTS: dict[str, tuple[int, int]] = {"mnist1d": (200, 100), "charlm": (20, 32)}
+# Per-workload defaults: (steps per timed run, batch size, pairs). One timed run takes about a second, so a burst
+# of load from other processes spoils few pairs; the median over many pairs discards those.
+DEFAULTS: dict[str, tuple[int, int, int]] = {"mnist1d": (100, 100, 21), "charlm": (15, 32, 15)}
 EVAL_EXAMPLES = 64  # evaluation is excluded from train_time anyway; this only keeps the untimed wall short
 
 
@@ -190,10 +192,10 @@ def _sdpa_cpu_mapping() -> dict[Any, Any]:
     aten = torch.ops.aten
     mapping: dict[Any, Any] = {}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        def fwd(query, key, value, *args, out_shape=None, **kwargs):  # noqa: ANN001, ANN202
+        def fwd(query, key, value, *args, out_shape=None, **kwargs):
             return sdpa_flop_count(query, key, value)
 
-        def bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):  # noqa: ANN001, ANN202
+        def bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs):
             return sdpa_backward_flop_count(grad_out, query, key, value)
 
         mapping[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
@@ -295,8 +297,8 @@ def profile(cfg: RunConfig, plain: Plain, steps: int, limit: int = 10) -> str:
     total_p = sum(v[1] for v in p.values())
     n_t = sum(v[0] for v in t.values())
     n_p = sum(v[0] for v in p.values())
-    lines = [f"  torch.profiler: ops per step trainlab {n_t:.0f} vs plain {n_p:.0f}; summed self CPU per step "
-             f"{total_t / 1e3:.2f} ms vs {total_p / 1e3:.2f} ms (profiler-inflated). Ops whose call count differs:",
+    lines = [(f"  torch.profiler: ops per step trainlab {n_t:.0f} vs plain {n_p:.0f}; summed self CPU per step "
+             f"{total_t / 1e3:.2f} ms vs {total_p / 1e3:.2f} ms (profiler-inflated). Ops whose call count differs:"),
              f"    {'op':<44} {'calls/step tl':>13} {'plain':>6} {'self us/step tl':>16} {'plain':>8}"]
     for _, key, tc, pc, tus, pus in rows[:limit]:
         lines.append(f"    {key:<44} {tc:>13.2f} {pc:>6.2f} {tus:>16.1f} {pus:>8.1f}")
@@ -381,7 +383,7 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
 
     def book_plain() -> None:
         step = next(counter) % per_epoch
-        epoch, pos = divmod(step, per_epoch)
+        _, pos = divmod(step, per_epoch)
         perm[pos * b:(pos + 1) * b]
 
     out = []
@@ -427,6 +429,15 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
 # The benchmark
 
 
+def bootstrap_median_ci(values: list[float], n: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median of ``values``."""
+    import random
+
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
+    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+
+
 @dataclass
 class Result:
     workload: str
@@ -455,7 +466,12 @@ class Result:
             "trainlab_ms_per_step": {"median": med(self.trainlab_ms), "min": min(self.trainlab_ms),
                                      "max": max(self.trainlab_ms)},
             "plain_ms_per_step": {"median": med(self.plain_ms), "min": min(self.plain_ms), "max": max(self.plain_ms)},
-            "overhead": {"median": med(self.ratios) - 1, "min": min(self.ratios) - 1, "max": max(self.ratios) - 1},
+            "overhead": {"median": med(self.ratios) - 1, "min": min(self.ratios) - 1, "max": max(self.ratios) - 1,
+                         "quartiles": [q - 1 for q in (statistics.quantiles(self.ratios, n=4) if len(self.ratios) > 1
+                                                     else self.ratios * 3)],
+                         "median_95ci_bootstrap": [q - 1 for q in bootstrap_median_ci(self.ratios)],
+                         "ratio_of_medians": med(self.trainlab_ms) / med(self.plain_ms) - 1,
+                         "ratio_of_minima": min(self.trainlab_ms) / min(self.plain_ms) - 1},
             "run_wall_s_median": med(self.run_wall_s),
             "flops_forward": self.flops["forward"], "flops_step": step_flops,
             "flops_step_over_forward": step_flops / self.flops["forward"], "flops_by_op": self.flops["by_op"],
@@ -529,25 +545,44 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "trainlab": trainlab.__version__, "platform": platform.platform()}
+            "trainlab": trainlab.__version__, "platform": platform.platform(), "git": _git()}
+
+
+def _git() -> str:
+    """The measured trainlab source: commit, plus the files under trainlab/ that differ from it."""
+    import subprocess
+
+    repo = Path(trainlab.__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "trainlab"], cwd=repo, capture_output=True,
+                               text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    changed = [d for d in dirty if d.startswith("trainlab/")]
+    return head + (f" (+ uncommitted changes in {', '.join(changed)})" if changed else "")
 
 
 def report(results: list[Result], info: dict[str, Any], target: float) -> str:
-    lines = [f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
+    lines = [f"trainlab {info['trainlab']} at {info['git']}", (f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
              f"Python {info['python']}, threads {info['threads']}; load average (1/5/15 min) at start "
              f"{'/'.join(f'{v:.2f}' for v in info['loadavg_start'])}, at end "
-             f"{'/'.join(f'{v:.2f}' for v in info['loadavg_end'])}", ""]
-    lines += ["| workload / model | batch | steps x pairs | trainlab ms/step (median, min-max) | plain ms/step "
-              "(median, min-max) | overhead median (min .. max) | FLOPs/step (fwd+bwd) | matmul GFLOP/s best "
-              "(median) | floor ms/step at best | plain / floor | trainlab / floor |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{'/'.join(f'{v:.2f}' for v in info['loadavg_end'])}"), ""]
+    lines += [("| workload / model | batch | steps x pairs | trainlab ms/step (median, min-max) | plain ms/step "
+              "(median, min-max) | overhead: median of pair ratios, 95% CI [quartiles] (min .. max) | ratio of medians / "
+              "of minima | FLOPs/step (fwd+bwd) | matmul GFLOP/s best (median) | floor ms/step at best | plain / floor "
+              "| trainlab / floor |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = r.summary()
         t, p, o, m = s["trainlab_ms_per_step"], s["plain_ms_per_step"], s["overhead"], s["matmul_gflops"]
         lines.append(
             f"| {r.workload} / {r.model} | {r.batch} | {r.steps} x {s['repeats']} | {t['median']:.3f} "
             f"({t['min']:.3f}-{t['max']:.3f}) | {p['median']:.3f} ({p['min']:.3f}-{p['max']:.3f}) | "
-            f"{o['median']:+.2%} ({o['min']:+.2%} .. {o['max']:+.2%}) | {s['flops_step'] / 1e6:.1f} M "
+            f"{o['median']:+.2%}, CI {o['median_95ci_bootstrap'][0]:+.1%} .. {o['median_95ci_bootstrap'][1]:+.1%} "
+            f"[{o['quartiles'][0]:+.1%}, {o['quartiles'][2]:+.1%}] ({o['min']:+.1%} .. "
+            f"{o['max']:+.1%}) | {o['ratio_of_medians']:+.2%} / {o['ratio_of_minima']:+.2%} | {s['flops_step'] / 1e6:.1f} M "
             f"({s['flops_step_over_forward']:.2f}x fwd) | {m['best']:.0f} ({m['median']:.0f}) | "
             f"{s['floor_ms_at_best_rate']:.3f} | {s['plain_over_floor']:.1f}x | {s['trainlab_over_floor']:.1f}x |")
     lines.append("")
@@ -572,14 +607,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", choices=[*DEFAULTS, "all"], default="mnist1d",
                         help="mnist1d (cnn1d, batch 100), charlm (transformer, batch 32) or all")
     parser.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps per timed run (default: 200 for mnist1d, 20 for charlm)")
+                        help="optimizer steps per timed run (default: 100 for mnist1d, 15 for charlm)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the workload's (100 / 32)")
-    parser.add_argument("--repeats", type=int, default=11, help="interleaved trainlab/plain pairs")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved trainlab/plain pairs (default: 21 for mnist1d, 15 for charlm)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps per side (default: steps/4, at least 5)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", type=float, default=0.03, help="overhead above which the run is profiled")
     parser.add_argument("--profile", action="store_true", help="always profile (cProfile + torch.profiler)")
+    parser.add_argument("--no-profile", action="store_true", help="never profile, whatever the overhead")
     parser.add_argument("--profile-steps", type=int, default=50, help="steps per profiled side")
     parser.add_argument("--json", type=Path, default=None, help="also write all figures to this JSON file")
     args = parser.parse_args(argv)
@@ -588,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     info.update(threads=torch.get_num_threads(), loadavg_start=os.getloadavg(), argv=sys.argv)
     names = list(DEFAULTS) if args.workload == "all" else [args.workload]
-    log = lambda text: print(text, flush=True)  # noqa: E731
+    log = lambda text: print(text, flush=True)
     log(f"trainer_overhead: {info['cpu']}, {info['logical_cpus']} CPUs, torch {info['torch']}, "
         f"{info['threads']} threads, load average {info['loadavg_start']}")
     results = []
@@ -598,7 +635,9 @@ def main(argv: list[str] | None = None) -> int:
             steps = args.steps or DEFAULTS[name][0]
             batch = args.batch_size or DEFAULTS[name][1]
             warmup = args.warmup or max(steps // 4, 5)
-            results.append(bench(name, steps, batch, args.repeats, warmup, args.seed, info["threads"], args.target,
+            repeats = args.repeats or DEFAULTS[name][2]
+            target = float("inf") if args.no_profile else args.target
+            results.append(bench(name, steps, batch, repeats, warmup, args.seed, info["threads"], target,
                                  args.profile, args.profile_steps, Path(tmp), log))
     info["loadavg_end"] = os.getloadavg()
     info["benchmark_seconds"] = time.perf_counter() - t0

@@ -25,7 +25,7 @@ keys: workload, model, optimizer, schedule name a component (its defaults apply)
       workload.KEY, model.KEY, optimizer.KEY, schedule.KEY set a component's options;
       top level: steps, seed, batch_size (0 = full batch), eval_every, eval_examples, checkpoint_every,
       grad_clip, threshold, device (auto|cpu|cuda|mps), dtype (float32|float64),
-      autocast (auto|off|bf16), compile, tensorboard, name.
+      autocast (auto|off|bf16), compile, tensorboard, trace, name.
       `trainlab list workloads --options` shows every component's options and defaults.
 """
 

@@ -19,8 +19,8 @@ from trainlab.workloads.regression import saxe_loss_curve
 TINY = ["workload.p=23", "steps=60", "eval_every=20", "model.width=64", "optimizer.lr=1e-2"]
 
 
-def rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def rows(run_dir, name="metrics.jsonl"):
+    return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
 
 
 def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
@@ -37,6 +37,9 @@ def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
     assert summary["final"]["step"] == 60 and summary["versions"]["torch"] == torch.__version__
     for name in ("config.yaml", "events.json", "report.html", "plots/loss.png", "checkpoints/latest.json"):
         assert (run_dir / name).exists(), name
+    trace = rows(run_dir, "trace.jsonl")
+    assert [r["step"] for r in trace] == list(range(60))
+    assert all(r["grad_norm"] > 0 and r["lr"] == 1e-2 for r in trace)
 
 
 def test_evaluation_time_is_excluded(tmp_path, monkeypatch):
@@ -65,6 +68,7 @@ def test_resume_continues_bit_identically(tmp_path):
         rb = b[ra["step"]]
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
             assert ra[key] == rb[key], (ra["step"], key)
+    assert rows(full, "trace.jsonl") == rows(half, "trace.jsonl")
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):

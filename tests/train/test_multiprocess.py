@@ -66,6 +66,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
         assert got["final"][key] == ref["final"][key], key
     assert got["events"]["memorized"] == ref["events"]["memorized"]
     assert [r["step"] for r in metrics(tmp_path / "run")] == [r["step"] for r in metrics(tmp_path / "ref")]
+    trace = [json.loads(line) for line in (tmp_path / "run" / "trace.jsonl").read_text().splitlines()]
+    ref_trace = [json.loads(line) for line in (tmp_path / "ref" / "trace.jsonl").read_text().splitlines()]
+    assert trace == ref_trace  # every step exactly once, same losses and gradient norms
 
 
 def test_sigterm_checkpoints_and_resumes(tmp_path):

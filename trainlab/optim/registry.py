@@ -64,7 +64,11 @@ def options_from_signature(cls: type, *, skip: Iterable[str] = ()) -> type:
 
 
 def build(name: str, params: Any, **hparams: Any) -> torch.optim.Optimizer:
-    """Build the optimizer registered as ``name`` over ``params`` (tensors or param-group dicts).
+    """Build the optimizer registered as ``name`` over ``params``.
+
+    ``params`` is what ``torch.optim`` takes (tensors or param-group dicts) or an ``nn.Module``: entries
+    registered with ``needs_model=True`` (optimizers that treat parameters by their role, e.g. Muon's split of
+    hidden matrices from embeddings and heads) receive the module itself, all others ``module.parameters()``.
 
     Hyperparameters are validated against the entry's options (unknown name, wrong type or range gives a
     :class:`~trainlab.config.ConfigError` naming ``optimizer.<key>``). Example::
@@ -74,6 +78,8 @@ def build(name: str, params: Any, **hparams: Any) -> torch.optim.Optimizer:
     entry = OPTIMIZERS.get(name)
     assert entry.options is not None
     opts = build_options(entry.options, hparams, prefix="optimizer")
+    if isinstance(params, torch.nn.Module) and not entry.meta.get("needs_model", False):
+        params = params.parameters()
     try:
         return entry.factory(params, **dataclasses.asdict(opts))
     except ValueError as err:  # torch.optim validates ranges itself ("Invalid beta parameter ...")

@@ -61,6 +61,8 @@ class TrainOptions:
     autocast: Literal["auto", "off", "bf16"] = option("auto", help="auto = bf16 autocast on CUDA, off elsewhere")
     compile: bool = option(False, help="torch.compile the model")
     tensorboard: bool = option(False, help="also write TensorBoard event files (needs trainlab[tensorboard])")
+    trace: bool = option(True, help="record every step's loss, gradient norm and lr in trace.jsonl "
+                                    "(refined schedules are built from it)")
     name: str | None = option(None, help="run name (default: workload-optimizer-time)")
 
 

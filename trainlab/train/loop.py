@@ -57,6 +57,7 @@ class Parts:
     train_time: float = 0.0
     wall_offset: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    trace: list[tuple[int, float, Tensor, Tensor]] = field(default_factory=list)  # (step, lr, loss, grad norm)
 
 
 def input_kind_for(workload: Workload, model_name: str) -> str:
@@ -91,7 +92,7 @@ def build_parts(cfg: RunConfig, env: DistEnv) -> Parts:
     kind = input_kind_for(workload, cfg.model.name)
     data = _to(workload.data(kind), env.device, dtype)  # type: ignore[arg-type]
     model = models.build(cfg.model.name, workload.spec(kind), **cfg.model.kwargs()).to(env.device, dtype)  # type: ignore[arg-type]
-    optimizer = optim.build(cfg.optimizer.name, model.parameters(), **cfg.optimizer.kwargs())
+    optimizer = optim.build(cfg.optimizer.name, model, **cfg.optimizer.kwargs())
     net = env.wrap(model)
     if t.compile:
         net = torch.compile(net)  # type: ignore[assignment]
@@ -121,10 +122,35 @@ def train_step(p: Parts, step: int) -> Tensor:
     global_count = len(p.sampler.global_indices(step)) * per_example
     p.optimizer.zero_grad(set_to_none=True)
     (losses.sum() * (p.env.world_size / global_count)).backward()
+    grad_norm = None
     if p.cfg.train.grad_clip is not None:
-        p.extra["grad_norm"] = torch.nn.utils.clip_grad_norm_(p.model.parameters(), p.cfg.train.grad_clip)
+        grad_norm = p.extra["grad_norm"] = torch.nn.utils.clip_grad_norm_(p.model.parameters(), p.cfg.train.grad_clip)
+    elif p.cfg.train.trace:
+        grad_norm = global_grad_norm(p.model)
     p.optimizer.step()
-    return losses.detach().mean()
+    loss = losses.detach().mean()
+    if p.cfg.train.trace:  # kept on the device; read at the next evaluation, so no per-step sync
+        p.trace.append((step, p.base_lrs[0] * lr_scale, loss, grad_norm))  # type: ignore[arg-type]
+    return loss
+
+
+def global_grad_norm(model: nn.Module) -> Tensor:
+    """The 2-norm of all gradients together (what clip_grad_norm_ measures), as a device scalar."""
+    grads = [q.grad for q in model.parameters() if q.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+
+
+def drain_trace(p: Parts) -> list[dict[str, Any]]:
+    """The recorded steps since the last call, as rows for trace.jsonl (one device sync for all)."""
+    if not p.trace:
+        return []
+    values = torch.stack([torch.stack([loss.float(), norm.float().to(loss.device)]) for _, _, loss, norm in p.trace])
+    rows = [{"step": step, "lr": lr, "loss": v[0], "grad_norm": v[1]}
+            for (step, lr, _, _), v in zip(p.trace, values.tolist())]
+    p.trace.clear()
+    return rows
 
 
 @torch.no_grad()
@@ -227,6 +253,9 @@ def train_loop(p: Parts, rd: RunDir, progress: Progress, stop: StopFlag,
         if boundary or saving or stopping:
             sync()
             p.train_time += time.perf_counter() - t_seg
+            trace_rows = drain_trace(p)
+            if p.env.is_main and trace_rows:
+                rd.append_jsonl(rd.trace_path, trace_rows)
             if boundary:
                 row = evaluate(p, time.perf_counter() - wall0)
                 on_eval(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import Any, TextIO
@@ -45,7 +46,8 @@ class Progress:
             self._last_draw = now
             if loss is not None:
                 self.metrics["loss"] = float(loss)
-            self.stream.write("\r\x1b[2K" + self._line(step)[:200])
+            width = shutil.get_terminal_size((120, 24)).columns - 1  # a wrapped line would break the \r redraw
+            self.stream.write("\r\x1b[2K" + self._line(step)[:width])
             self.stream.flush()
 
     def evaluated(self, step: int, metrics: dict[str, Any]) -> None:

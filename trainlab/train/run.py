@@ -85,7 +85,7 @@ def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, c
             raise RunError(str(err)) from None
         restore(parts, payload)
         if env.is_main:
-            rd.truncate_metrics(after_step=parts.step)
+            rd.truncate_to_checkpoint(parts.step)
     if env.is_main:
         rd.create()
         cfg.save(rd.path / "config.yaml")

@@ -42,6 +42,7 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = path
         self.metrics_path = path / "metrics.jsonl"
+        self.trace_path = path / "trace.jsonl"
         self.checkpoints = path / "checkpoints"
 
     def create(self) -> None:
@@ -52,23 +53,32 @@ class RunDir:
         return self.metrics_path.exists() or (self.path / "config.yaml").exists()
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps({k: _finite_or_none(v) for k, v in row.items()}) + "\n")
+        self.append_jsonl(self.metrics_path, [row])
+
+    @staticmethod
+    def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+        with path.open("a") as f:
+            f.write("".join(json.dumps({k: _finite_or_none(v) for k, v in row.items()}) + "\n" for row in rows))
             f.flush()
 
-    def truncate_metrics(self, after_step: int) -> None:
-        """Drop rows logged after the checkpoint a resumed run restarts from (and a torn last line)."""
-        if not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+    def truncate_to_checkpoint(self, step: int) -> None:
+        """Drop what was logged after the checkpoint of ``step`` a resumed run restarts from (and torn lines).
+
+        metrics.jsonl keeps the evaluation row of ``step`` itself (written before that checkpoint);
+        trace.jsonl keeps the steps taken before it (rows ``< step``).
+        """
+        for path, keep in ((self.metrics_path, lambda s: s <= step), (self.trace_path, lambda s: s < step)):
+            if not path.exists():
                 continue
-            if row.get("step", 0) <= after_step:
-                kept.append(line)
-        atomic_write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if keep(row.get("step", 0)):
+                    kept.append(line)
+            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_text(self.path / name, json.dumps(obj, indent=1, default=str) + "\n")
