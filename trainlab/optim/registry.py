@@ -9,10 +9,11 @@ share one validation path; for third-party classes the dataclass is derived from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 import types
-from typing import Any, Iterable, Union, get_args, get_origin
+from typing import Any, Iterable, Mapping, Union, get_args, get_origin
 
 import torch
 
@@ -63,6 +64,41 @@ def options_from_signature(cls: type, *, skip: Iterable[str] = ()) -> type:
     return dataclasses.make_dataclass(f"{cls.__name__}Options", fields, frozen=True)
 
 
+@functools.lru_cache(maxsize=None)
+def _wrapper_options(wrapper: type, base: type) -> type:
+    """The wrapper's own options followed by its base optimizer's, as one dataclass."""
+    own = [(f.name, f.type, f) for f in dataclasses.fields(wrapper)]
+    clash = {f.name for f in dataclasses.fields(base)} & {name for name, _, _ in own}
+    if clash:
+        raise TypeError(f"{wrapper.__name__} and {base.__name__} both define {sorted(clash)}")
+    inherited = [(f.name, f.type, f) for f in dataclasses.fields(base)]
+    return dataclasses.make_dataclass(f"{wrapper.__name__}With{base.__name__}", own + inherited, frozen=True)
+
+
+def resolve_options(name: str, hparams: Mapping[str, Any]) -> Any:
+    """Validate ``hparams`` for optimizer ``name`` into its options dataclass instance.
+
+    A *wrapper* (registered with ``wrapper=True``; its options have a ``base`` field naming another registry
+    entry) accepts its own options plus every option of its base, e.g. ``perpgrad`` with ``base=adamw``
+    takes ``lr``, ``betas``, ... with AdamW's defaults.
+    """
+    entry = OPTIMIZERS.get(name)
+    assert entry.options is not None
+    cls = entry.options
+    if entry.meta.get("wrapper", False):
+        default_base = next(f.default for f in dataclasses.fields(cls) if f.name == "base")
+        base_name = str(hparams.get("base", default_base))
+        try:
+            base_entry = OPTIMIZERS.get(base_name)
+        except KeyError as err:
+            raise ConfigError("optimizer.base", str(err)) from None
+        if base_entry.meta.get("wrapper", False) or base_entry.meta.get("needs_model", False):
+            raise ConfigError("optimizer.base", f"{base_name} cannot be wrapped (it is itself a wrapper or needs "
+                                                f"the model); choose an optimizer that takes plain parameters")
+        cls = _wrapper_options(cls, base_entry.options)
+    return build_options(cls, hparams, prefix="optimizer")
+
+
 def build(name: str, params: Any, **hparams: Any) -> torch.optim.Optimizer:
     """Build the optimizer registered as ``name`` over ``params``.
 
@@ -76,8 +112,7 @@ def build(name: str, params: Any, **hparams: Any) -> torch.optim.Optimizer:
         opt = trainlab.optim.build("adamw", model.parameters(), lr=3e-4, weight_decay=0.1)
     """
     entry = OPTIMIZERS.get(name)
-    assert entry.options is not None
-    opts = build_options(entry.options, hparams, prefix="optimizer")
+    opts = resolve_options(name, hparams)
     if isinstance(params, torch.nn.Module) and not entry.meta.get("needs_model", False):
         params = params.parameters()
     try:

@@ -192,6 +192,8 @@ def _component(kind: str, values: Mapping[str, Any]) -> Component:
     except UnknownNameError as err:
         raise ConfigError(kind, str(err)) from None
     assert entry.options is not None
+    if kind == "optimizer":  # wrappers take their base optimizer's options too
+        return Component(entry.name, optim.resolve_options(entry.name, values))
     return Component(entry.name, build_options(entry.options, values, prefix=kind))
 
 
