@@ -93,6 +93,9 @@ def build_parts(cfg: RunConfig, env: DistEnv) -> Parts:
     data = _to(workload.data(kind), env.device, dtype)  # type: ignore[arg-type]
     model = models.build(cfg.model.name, workload.spec(kind), **cfg.model.kwargs()).to(env.device, dtype)  # type: ignore[arg-type]
     optimizer = optim.build(cfg.optimizer.name, model, **cfg.optimizer.kwargs())
+    set_mode = getattr(optimizer, "train", None)  # schedule-free optimizers must be in train mode to step
+    if callable(set_mode):
+        set_mode()
     net = env.wrap(model)
     if t.compile:
         net = torch.compile(net)  # type: ignore[assignment]
