@@ -42,6 +42,8 @@ def _progress(step: int, warmup: int, total: int) -> float:
 @register("constant", options=WarmupOptions)
 def constant(opts: WarmupOptions, total: int) -> Multiplier:
     """Constant learning rate after an optional linear warm-up."""
+    if opts.warmup and opts.warmup >= total:
+        raise ConfigError("schedule.warmup", f"must be smaller than steps ({total}), got {opts.warmup}")
     return lambda step: warmup_multiplier(step, opts.warmup)
 
 
