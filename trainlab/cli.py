@@ -100,17 +100,60 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _source_kind(meta: dict) -> str:
+    """Where an optimizer comes from, as a package: trainlab, torch.optim, pytorch_optimizer, schedulefree, ..."""
+    source = str(meta.get("source") or "trainlab")
+    return "torch.optim" if source.startswith("torch.optim") else source.split(".")[0]
+
+
+def _list_optimizers(registry, options: bool) -> None:
+    """A table (name, source, own, summary [exact class]) and a count of entries by source."""
+    from collections import Counter
+
+    from trainlab.config import describe_options
+
+    entries = list(registry)
+    kinds = {e.name: _source_kind(e.meta) for e in entries}
+    width = max(len("NAME"), *(len(e.name) for e in entries))
+    source_width = max(len("SOURCE"), *(len(k) for k in kinds.values()))
+    print(f"{'NAME':<{width}}  {'SOURCE':<{source_width}}  OWN  SUMMARY")
+    for entry in entries:
+        kind = kinds[entry.name]
+        own = entry.meta.get("own", kind == "trainlab")
+        source = str(entry.meta.get("source") or "trainlab")
+        exact = f"  [{source}]" if source != kind else ""
+        notes = [note for key, note in (("wrapper", "wraps a base optimizer"), ("needs_model", "takes the model"))
+                 if entry.meta.get(key)]
+        extra = f"  ({'; '.join(notes)})" if notes else ""
+        mark = "yes" if own else "-"
+        print(f"{entry.name:<{width}}  {kind:<{source_width}}  {mark:<3}  {entry.summary}{exact}{extra}")
+        if options:
+            for name, type_name, default, help_text in describe_options(entry.options):
+                print(f"    optimizer.{name} = {default!r}  ({type_name}) {help_text}")
+            if entry.meta.get("fixed"):
+                print(f"    (left at the upstream default: {', '.join(entry.meta['fixed'])})")
+    counts = Counter(kinds.values())
+    by_source = ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
+    print(f"{len(entries)} optimizers: {by_source}")
+
+
 def cmd_list(ns: argparse.Namespace) -> int:
     from trainlab.config import describe_options
     from trainlab.train.config import COMPONENTS
 
     registry = COMPONENTS[ns.what.rstrip("s")]
+    if ns.what == "optimizers":
+        try:
+            _list_optimizers(registry, ns.options)
+        except BrokenPipeError:  # `trainlab list optimizers | head`: the reader has all it wants
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     width = max(len(e.name) for e in registry)
     for entry in registry:
-        source = entry.meta.get("source", "trainlab")
-        extra = f"  [{source}]" if ns.what == "optimizers" else ""
         kinds = f"  (reads {', '.join(entry.meta['input_kinds'])})" if "input_kinds" in entry.meta else ""
-        print(f"{entry.name:<{width}}  {entry.summary}{extra}{kinds}")
+        print(f"{entry.name:<{width}}  {entry.summary}{kinds}")
         if ns.options:
             for name, type_name, default, help_text in describe_options(entry.options):
                 print(f"    {ns.what.rstrip('s')}.{name} = {default!r}  ({type_name}) {help_text}")

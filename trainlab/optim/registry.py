@@ -40,9 +40,21 @@ def _clean_type(tp: Any) -> Any:
 
 
 def _doc_help(cls: type, name: str) -> str:
-    """The one-line description of argument ``name`` in a Google-style ``Args:`` docstring, if present."""
-    match = re.search(rf"^\s*{re.escape(name)} \([^)]*\)[^:]*:\s*(.+?)(?:\(default:|$)", cls.__doc__ or "", re.M)
-    return match.group(1).strip().rstrip(".,") if match else f"{cls.__name__} argument"
+    """The description of argument ``name`` in a Google-style ``Args:`` docstring, joined across lines."""
+    lines = (cls.__doc__ or "").splitlines()
+    head = re.compile(rf"^(\s*){re.escape(name)} \([^)]*\)[^:]*:\s*(.*)$")
+    for i, line in enumerate(lines):
+        match = head.match(line)
+        if not match:
+            continue
+        indent, parts = len(match.group(1)), [match.group(2)]
+        for follow in lines[i + 1:]:
+            if not follow.strip() or len(follow) - len(follow.lstrip()) <= indent:
+                break
+            parts.append(follow.strip())
+        text = re.split(r"\s*\(default:", " ".join(parts))[0].strip().rstrip(".,")
+        return text or f"{cls.__name__} argument"
+    return f"{cls.__name__} argument"
 
 
 def options_from_signature(cls: type, *, skip: Iterable[str] = ()) -> type:
@@ -117,6 +129,8 @@ def build(name: str, params: Any, **hparams: Any) -> torch.optim.Optimizer:
         params = params.parameters()
     try:
         return entry.factory(params, **dataclasses.asdict(opts))
+    except ConfigError:
+        raise
     except ValueError as err:  # torch.optim validates ranges itself ("Invalid beta parameter ...")
         raise ConfigError("optimizer", str(err)) from None
 
