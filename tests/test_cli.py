@@ -62,3 +62,16 @@ def test_run_then_report_two_runs(tmp_path):
     assert out.returncode == 0 and (tmp_path / "both.html").exists()
     page = (tmp_path / "both.html").read_text()
     assert ">a<" in page and ">b<" in page
+
+
+def test_law_fits_one_run_and_predicts_another(tmp_path, capsys):
+    from trainlab.cli import main
+
+    for schedule in ("cosine", "wsd"):
+        trainlab.run(None, ["workload=teacher_student", f"schedule={schedule}", "steps=300", "eval_every=300"],
+                     out=tmp_path / schedule, quiet=True, report=False)
+    assert main(["law", str(tmp_path / "cosine"), str(tmp_path / "wsd"), "--out", str(tmp_path / "law.png")]) == 0
+    out = capsys.readouterr().out
+    assert "fit on" in out and "predicted final loss" in out and (tmp_path / "law.png").stat().st_size > 1000
+    assert main(["law", str(tmp_path / "missing")]) == 2
+    assert "trace.jsonl not found" in capsys.readouterr().err

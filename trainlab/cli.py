@@ -36,6 +36,13 @@ examples:
   trainlab list models --options
 """
 
+LAW_EXAMPLES = """\
+examples:
+  trainlab run workload=charlm schedule=cosine --out runs/cos
+  trainlab run workload=charlm schedule=wsd --out runs/wsd
+  trainlab law runs/cos runs/wsd --out law.png      # fit on cosine, predict the WSD run's curve
+"""
+
 REPORT_EXAMPLES = """\
 examples:
   trainlab report runs/grok                       # (re)write runs/grok/report.html
@@ -75,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", metavar="FILE", help="output HTML (default: RUN_DIR/report.html for one run, "
                      "trainlab-report.html for several)")
+
+    law = sub.add_parser("law", help="fit the lr-annealing scaling law to a run, predict other runs' curves",
+                         epilog=LAW_EXAMPLES, formatter_class=fmt,
+                         description="Fit L(s) = L0 + A*S1^-alpha - C*S2 (Tissue et al. 2024) to FIT_RUN's per-step "
+                         "trace, then predict the loss curve of each other run from its learning rates alone and "
+                         "compare with what it measured.")
+    law.add_argument("fit_run", metavar="FIT_RUN")
+    law.add_argument("predict_runs", nargs="*", metavar="RUN_DIR")
+    law.add_argument("--out", metavar="FILE.png", help="plot of measured vs fitted/predicted losses")
     return parser
 
 
@@ -174,6 +190,49 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_law(ns: argparse.Namespace) -> int:
+    import numpy as np
+
+    from trainlab.schedules import annealing_law as law
+    from trainlab.train.run import RunError
+
+    try:
+        params = law.fit_run(ns.fit_run)
+        curves = {ns.fit_run: law.run_curve(ns.fit_run)}
+        curves.update({path: law.run_curve(path) for path in ns.predict_runs})
+    except FileNotFoundError as err:
+        raise RunError(f"{err.filename} not found: law needs run directories with a trace.jsonl "
+                       "(runs record it unless trace=false)") from None
+    except ValueError as err:
+        raise RunError(str(err).splitlines()[0]) from None
+    print(f"fit on {ns.fit_run}: L0 {params.L0:.4g}  A {params.A:.4g}  alpha {params.alpha:.4g}  C {params.C:.4g}  "
+          f"(lambda {params.lam}, lr scale {params.lr_scale:.3g}, fit rmse {params.rmse:.3g})")
+    for path, (lrs, losses) in curves.items():
+        predicted = law.predict(params, lrs)
+        tail = slice(max(0, len(losses) - max(1, len(losses) // 20)), None)  # last 5% of steps, less noisy
+        measured_end, predicted_end = np.nanmean(losses[tail]), float(np.mean(predicted[tail]))
+        role = "fitted" if path == ns.fit_run else "predicted"
+        print(f"  {path}: {role} final loss {predicted_end:.4g}, measured {measured_end:.4g} "
+              f"(last 5% of steps; difference {predicted_end - measured_end:+.3g})")
+    if ns.out:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(8, 4.5))
+        ax = fig.add_subplot()
+        for path, (lrs, losses) in curves.items():
+            size = max(1, len(losses) // 100)
+            n = len(losses) // size * size
+            steps = np.arange(n).reshape(-1, size).mean(1)
+            line, = ax.plot(steps, np.nanmean(losses[:n].reshape(-1, size), 1), alpha=0.6, label=f"{path} measured")
+            ax.plot(np.arange(len(lrs)), law.predict(params, lrs), "--", color=line.get_color(),
+                    label=f"{path} {'fit' if path == ns.fit_run else 'predicted'}")
+        ax.set(xlabel="step", ylabel="train loss (per batch, binned)", title="lr-annealing scaling law")
+        ax.legend(fontsize=8)
+        fig.savefig(ns.out, dpi=110, bbox_inches="tight")
+        print(f"trainlab: plot written to {ns.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -185,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainlab.train.state import CheckpointError
     from trainlab.workloads.base import DataError
 
-    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report}
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "law": cmd_law}
     try:
         return handlers[ns.command](ns)
     except ConfigError as err:
