@@ -39,6 +39,7 @@ from torch import Tensor
 
 from trainlab.config import option
 from trainlab.optim.registry import OPTIMIZERS
+from trainlab.optim.shell import evaluate_closure, groups_with_grads
 
 
 def friction(previous_grad: Tensor, grad: Tensor) -> Tensor:
@@ -119,17 +120,8 @@ class DiffGrad(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError("DiffGrad does not support sparse gradients")
+        loss = evaluate_closure(closure)
+        for group, params, grads in groups_with_grads(self):
             exp_avgs, exp_avg_sqs, previous_grads, steps = [], [], [], []
             for p in params:
                 state = self.state[p]

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from trainlab.config import option
 from trainlab.optim.registry import OPTIMIZERS
+from trainlab.optim.shell import evaluate_closure, groups_with_grads
 
 
 def lion_reference(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, lr: float, beta1: float,
@@ -76,17 +77,8 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError("Lion does not support sparse gradients")
+        loss = evaluate_closure(closure)
+        for group, params, grads in groups_with_grads(self):
             exp_avgs = []
             for p in params:
                 state = self.state[p]

@@ -66,6 +66,7 @@ from trainlab.config import ConfigError, option
 from trainlab.optim.newton_schulz import orthogonalize
 from trainlab.optim.param_split import split
 from trainlab.optim.registry import OPTIMIZERS
+from trainlab.optim.shell import evaluate_closure
 
 NSCoefficients = Literal["quintic", "tuned", "you", "polar_express"]
 NSDtype = Literal["auto", "bfloat16", "float32"]
@@ -196,10 +197,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             if group["use_muon"]:
                 self._muon_group(group)

@@ -1,0 +1,31 @@
+"""What every thin ``torch.optim.Optimizer`` shell in trainlab does around its pure update function."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+
+
+def evaluate_closure(closure: Callable[[], Any] | None) -> Any:
+    """``torch.optim`` semantics: re-evaluate the loss with gradients enabled when a closure is given."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def groups_with_grads(optimizer: torch.optim.Optimizer) -> Iterator[tuple[dict, list[Tensor], list[Tensor]]]:
+    """(group, params, grads) for each param group, skipping parameters without a gradient.
+
+    Sparse gradients are refused with the optimizer's class name (every trainlab algorithm is dense).
+    """
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        grads = [p.grad for p in params]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(f"{type(optimizer).__name__} does not support sparse gradients")
+        yield group, params, grads
