@@ -57,6 +57,7 @@ from trainlab.train.loop import build_parts, input_kind_for, train_step
 # of load from other processes spoils few pairs; the median over many pairs discards those.
 DEFAULTS: dict[str, tuple[int, int, int]] = {"mnist1d": (100, 100, 21), "charlm": (15, 32, 15)}
 EVAL_EXAMPLES = 64  # evaluation is excluded from train_time anyway; this only keeps the untimed wall short
+EXTRA_OVERRIDES: list[str] = []  # --set KEY=VALUE, appended to every trainlab config (e.g. trace=false)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -66,7 +67,8 @@ EVAL_EXAMPLES = 64  # evaluation is excluded from train_time anyway; this only k
 def overrides_for(workload: str, steps: int, batch: int, seed: int) -> list[str]:
     """The ``key=value`` overrides of the trainlab run (the plain loop reads the same resolved config)."""
     return [f"workload={workload}", f"steps={steps}", f"eval_every={steps}", f"batch_size={batch}",
-            f"seed={seed}", "device=cpu", "dtype=float32", "compile=false", f"eval_examples={EVAL_EXAMPLES}"]
+            f"seed={seed}", "device=cpu", "dtype=float32", "compile=false", f"eval_examples={EVAL_EXAMPLES}",
+            *EXTRA_OVERRIDES]
 
 
 def config_for(workload: str, steps: int, batch: int, seed: int) -> RunConfig:
@@ -331,7 +333,10 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
     2. step bookkeeping: the lr-multiplier call and per-group lr writes, ``sampler.indices`` and the second
        ``sampler.global_indices`` call, against the plain loop's ``divmod`` and permutation slice;
     3. the loop around the step: ``train_loop`` itself with ``train_step`` replaced by a no-op, read from
-       trainlab's own clock (``parts.train_time``), against an empty ``for`` loop.
+       trainlab's own clock (``parts.train_time``), against an empty ``for`` loop;
+    4. with ``trace=true``: the per-step global gradient norm and trace append, against nothing.
+
+    Pieces 1, 2 and 4 mirror the statements of ``trainlab.train.loop.train_step``; update them with it.
     """
     import trainlab.train.loop as loop_mod
     from trainlab.train.loop import StopFlag, train_loop
@@ -386,12 +391,25 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
         _, pos = divmod(step, per_epoch)
         perm[pos * b:(pos + 1) * b]
 
+    # 4. the per-step trace (trace=true, the default since the trace was added): global gradient norm + append.
+    trace_on = bool(getattr(cfg.train, "trace", False)) and hasattr(loop_mod, "global_grad_norm")
+    if trace_on:
+        train_step(parts, 0)  # leaves gradients on the model, as the trace sees them
+        parts.trace.clear()
+        zero = torch.zeros(())
+
+        def trace_trainlab() -> None:
+            parts.trace.append((0, 0.0, zero, loop_mod.global_grad_norm(parts.model)))
+            if len(parts.trace) > 1000:
+                parts.trace.clear()
+
     out = []
     for _ in range(50):
         head_trainlab(), head_plain()
     h_t, h_p = _paired(head_trainlab, head_plain, 300)
     h_f, h_p2 = _paired(head_flat_none, head_plain, 300)
     k_t, k_p = _paired(book_trainlab, book_plain, 3000)
+    tr_t, tr_p = _paired(trace_trainlab, lambda: None, 1000) if trace_on else (0.0, 0.0)
 
     # 3. train_loop with a no-op step: only the loop's own per-iteration work lands in parts.train_time.
     n_loop = 20000
@@ -411,6 +429,8 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
     step_us = plain_step_ms * 1e3
     items = [("loss head (fwd+bwd+detached mean)", h_t, h_p), ("step bookkeeping (lr, sampler)", k_t, k_p),
              ("loop around the step (no-op step)", loop_us, empty_us)]
+    if trace_on:
+        items.append(("trace: grad norm + append", tr_t, tr_p))
     out.append(f"  anatomy of the difference (microseconds per step, medians of alternating rounds; plain step "
                f"{step_us:.0f} us):")
     out.append(f"    {'piece':<36} {'trainlab':>9} {'plain':>9} {'extra':>9} {'% of step':>9}")
@@ -493,7 +513,7 @@ def bench(workload: str, steps: int, batch: int, repeats: int, warmup: int, seed
     cfg = config_for(workload, steps, batch, seed)
     res = Result(workload, cfg.model.name, batch, steps, threads, load_start=os.getloadavg())
     log(f"\n== {workload} / {cfg.model.name} / {cfg.optimizer.name} {cfg.optimizer.kwargs()} / batch {batch} / "
-        f"{steps} steps per run / {repeats} pairs / {threads} threads")
+        f"{steps} steps per run / {repeats} pairs / {threads} threads / trace={getattr(cfg.train, 'trace', None)}")
     plain = plain_setup(cfg)
     res.check = check_equivalence(cfg, plain)
     log(f"  equivalence: {res.check}")
@@ -565,7 +585,7 @@ def _git() -> str:
 
 
 def report(results: list[Result], info: dict[str, Any], target: float) -> str:
-    lines = [f"trainlab {info['trainlab']} at {info['git']}", (f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
+    lines = [f"trainlab {info['trainlab']} at {info['git']}; extra overrides: {info['overrides'] or 'none'}", (f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
              f"Python {info['python']}, threads {info['threads']}; load average (1/5/15 min) at start "
              f"{'/'.join(f'{v:.2f}' for v in info['loadavg_start'])}, at end "
              f"{'/'.join(f'{v:.2f}' for v in info['loadavg_end'])}"), ""]
@@ -618,12 +638,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="always profile (cProfile + torch.profiler)")
     parser.add_argument("--no-profile", action="store_true", help="never profile, whatever the overhead")
     parser.add_argument("--profile-steps", type=int, default=50, help="steps per profiled side")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra trainlab override for both sides' config, e.g. --set trace=false (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write all figures to this JSON file")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    EXTRA_OVERRIDES[:] = args.overrides
     info = machine()
-    info.update(threads=torch.get_num_threads(), loadavg_start=os.getloadavg(), argv=sys.argv)
+    info.update(threads=torch.get_num_threads(), loadavg_start=os.getloadavg(), argv=sys.argv,
+                overrides=list(args.overrides))
     names = list(DEFAULTS) if args.workload == "all" else [args.workload]
     log = lambda text: print(text, flush=True)
     log(f"trainer_overhead: {info['cpu']}, {info['logical_cpus']} CPUs, torch {info['torch']}, "
