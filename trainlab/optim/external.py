@@ -70,6 +70,22 @@ _SWITCHES = {"process_group", "compress_state_dict", "check_numerics", "model_sh
 # ``pytorch_optimizer.optimizer.muon.utils.prepare_muon_parameters`` does.
 _MUON_FAMILY = {"muon", "adamuon", "adago", "normuon"}
 
+# Optimizers that accept only matrices but say so at their first step, with a traceback: checked at build time.
+_MATRICES_ONLY = {"spectralsphere"}
+
+
+def _matrices_only(cls: type) -> Callable[..., torch.optim.Optimizer]:
+    def factory(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        params = list(params)
+        tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+        bad = next((tuple(t.shape) for t in tensors if t.dim() != 2), None)
+        if bad is not None:
+            raise ConfigError("optimizer", f"{cls.__name__} takes 2-D parameters only, got one of shape {bad} "
+                                           "(biases and gains need another optimizer; e.g. model.bias=false)")
+        return cls(params, **kwargs)
+
+    return factory
+
 
 # --- typed options ---------------------------------------------------------------------------------------------
 
@@ -223,6 +239,8 @@ def _register_pytorch_optimizer() -> None:
         factory: Callable[..., torch.optim.Optimizer] = cls
         if name in _MUON_FAMILY:
             factory, meta["needs_model"] = _muon_factory(cls), True
+        elif name in _MATRICES_ONLY:
+            factory = _matrices_only(cls)
         summary = (cls.__doc__ or cls.__name__).strip().split("\n")[0].strip()
         OPTIMIZERS.add(key, factory, options=options, summary=summary, **meta)
 

@@ -174,14 +174,17 @@ def evaluate_split(p: Parts, x: Tensor, y: Tensor, chunk: int = 1024) -> tuple[f
 
 def evaluate(p: Parts, wall: float) -> dict[str, Any]:
     metric = p.workload.metric
-    set_mode = getattr(p.optimizer, "eval", None)  # schedule-free optimizers evaluate at averaged weights
+    # Schedule-free optimizers evaluate at their averaged weights. Before the first step there is nothing
+    # averaged yet (and some, e.g. pytorch-optimizer's SPlus, fail on empty state), so the switch waits.
+    switch = p.step > 0
+    set_mode = getattr(p.optimizer, "eval", None) if switch else None
     if callable(set_mode):
         set_mode()
     p.model.eval()
     train_loss, train_metric = evaluate_split(p, p.data.x_train, p.data.y_train)
     val_loss, val_metric = evaluate_split(p, p.data.x_val, p.data.y_val)
     p.model.train()
-    set_mode = getattr(p.optimizer, "train", None)
+    set_mode = getattr(p.optimizer, "train", None) if switch else None
     if callable(set_mode):
         set_mode()
     row = {"step": p.step, "time": round(p.train_time, 6), "wall": round(wall, 3),
