@@ -16,7 +16,11 @@ What it measures (all in one process, so the ratios come from the same run):
   the fastest *peer* (non-trainlab implementation) of the same algorithm.
 * The floor: bytes each step must read and write (params, grads, state; counted per algorithm in
   ``BYTES_PER_PARAM``) divided by the measured copy bandwidth (``dst.copy_(src)`` on 256 MB tensors,
-  bandwidth = 2 x bytes / time, measured before and after, median).
+  bandwidth = 2 x bytes / time, measured before, between and after the groups, median). A second ratio uses the
+  in-place bandwidth (``x.mul_(1.0)``, the access pattern of an in-place update; ``copy_`` also pulls its
+  destination into cache, so the copy figure understates traffic and its floor is below what fused AdamW reaches).
+* torch.compile and heavyball rows run in a child process (``--compiled-only``), each with an eager reference
+  re-measured there: eager steps after Inductor kernels in the same process were measured much slower here.
 * Muon: the Newton-Schulz orthogonalisation of the 48 hidden matrices alone (flops counted per NS step for an
   m x n matrix, m <= n: X X^T 2m^2 n, A A 2m^3, B X 2m^2 n) against the measured peak matmul rate (2048^2
   fp32 matmul; bf16 too), and the full Muon step against the peers. Peers whose step is far too slow to time
@@ -125,6 +129,20 @@ def copy_bandwidth(mb: int = 256, reps: int = 7) -> tuple[float, float]:
     return 2 * n * 4 / med / 1e9, med
 
 
+def inplace_bandwidth(mb: int = 256, reps: int = 7) -> float:
+    """Median GB/s of ``x.mul_(1.0)`` on ``mb`` MB: read + write of the same bytes, no write-allocate of a fresh
+    destination -- the access pattern of an in-place optimizer update (``copy_`` into a separate buffer also pulls
+    the destination into cache, so 2*bytes/time understates the traffic and the floor derived from it is lower)."""
+    x = torch.randn(mb * 2**20 // 4)
+    x.mul_(1.0)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        x.mul_(1.0)
+        ts.append(time.perf_counter() - t)
+    return 2 * x.numel() * 4 / statistics.median(ts) / 1e9
+
+
 def matmul_rate(dtype: torch.dtype, n: int, reps: int) -> float:
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
@@ -205,7 +223,7 @@ def _po():
 
 
 def adamw_impls(compile_: bool, heavyball: bool, eager: bool = True) -> list[Impl]:
-    hp = dict(lr=1e-3, weight_decay=0.01)
+    hp = {"lr": 1e-3, "weight_decay": 0.01}
     impls = [] if not eager else [
         Impl("trainlab build('adamw') (= torch default)", lambda p: toptim.build("adamw", p, **hp), own=True,
              note="registry entry is torch.optim.AdamW, foreach=None"),
@@ -230,7 +248,7 @@ def _heavyball():
 
 
 def lion_impls(compile_: bool, eager: bool = True) -> list[Impl]:
-    hp = dict(lr=1e-4, weight_decay=0.1)
+    hp = {"lr": 1e-4, "weight_decay": 0.1}
     impls = [] if not eager else [
         Impl("trainlab lion (foreach)", lambda p: toptim.build("lion", p, **hp), own=True),
         Impl("trainlab Lion(foreach=False)", lambda p: toptim.lion.Lion(p, foreach=False, **hp), own=True),
@@ -305,15 +323,16 @@ def muon_impls(heavyball: bool, include_bf16: bool) -> list[Impl]:
 
 
 def fmt_rows(rows: list[dict]) -> str:
-    out = ["| algorithm | implementation | ms/step (median) | ratio to fastest peer | bytes/step | floor ms "
-           "| ratio to floor |", "|---|---|---:|---:|---:|---:|---:|"]
+    out = [("| algorithm | implementation | ms/step (median) | ratio to fastest peer | bytes/step | floor ms "
+            "| ratio to floor | ratio to floor (in-place BW) |"), "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["error"]:
-            out.append(f"| {r['algorithm']} | {r['impl']} | failed: {r['error']} | | | | |")
+            out.append(f"| {r['algorithm']} | {r['impl']} | failed: {r['error']} | | | | | |")
             continue
         star = "**" if r["own"] else ""
         out.append(f"| {r['algorithm']} | {star}{r['impl']}{star} | {r['ms']:.1f} | {r['vs_peer']:.2f} "
-                   f"| {r['bytes'] / 1e6:.0f} MB | {r['floor_ms']:.1f} | {r['vs_floor']:.2f} |")
+                   f"| {r['bytes'] / 1e6:.0f} MB | {r['floor_ms']:.1f} | {r['vs_floor']:.2f} "
+                   f"| {r.get('vs_floor_inplace', math.nan):.2f} |")
     return "\n".join(out)
 
 
@@ -375,13 +394,14 @@ def main() -> None:
     want = (lambda k: not only or k in only)
 
     t0 = time.perf_counter()
-    head = [f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; python {platform.python_version()}",
-            f"params: {sum(math.prod(s) for s in shapes) / 1e6:.2f}M float32 in {len(shapes)} tensors; "
-            f"heavyball: {'yes' if have_hb else 'not used'}; load average at start: {loadavg()}"]
+    head = [(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads; python {platform.python_version()}"),
+            (f"params: {sum(math.prod(s) for s in shapes) / 1e6:.2f}M float32 in {len(shapes)} tensors; "
+             f"heavyball: {'yes' if have_hb else 'not used'}; load average at start: {loadavg()}")]
     print("\n".join(head), flush=True)
 
     bws = [copy_bandwidth()[0]]
+    ibws = [inplace_bandwidth()]
     fp32_peak = matmul_rate(torch.float32, 2048, 5) if not args.compiled_only else math.nan
     bf16_peak = matmul_rate(torch.bfloat16, 1024, 2) if not args.compiled_only else math.nan
     print(f"copy bandwidth {bws[0]:.1f} GB/s; matmul fp32 {fp32_peak:.1f} GF/s, bf16 {bf16_peak:.2f} GF/s", flush=True)
@@ -391,7 +411,7 @@ def main() -> None:
         # torch.compile / heavyball rows, in their own process: after Inductor's C++ kernels have run in a process,
         # eager optimizer steps in it were measured 10-60x slower on this 2-core CPU (threads of the compiled
         # kernels' OpenMP runtime competing with ATen's), which would poison the eager comparison.
-        fused = lambda p: torch.optim.AdamW(p, fused=True, lr=1e-3, weight_decay=0.01)  # noqa: E731
+        fused = lambda p: torch.optim.AdamW(p, fused=True, lr=1e-3, weight_decay=0.01)
         groups = [("adamw", "AdamW", lambda: [Impl("torch.optim.AdamW fused (eager, same process)", fused)]
                    + adamw_impls(True, have_hb, eager=False)),
                   ("lion", "Lion", lambda: [Impl("trainlab lion (foreach; eager, same process)",
@@ -417,13 +437,17 @@ def main() -> None:
             continue
         t = time.perf_counter()
         bws.append(copy_bandwidth(reps=3)[0])  # bandwidth between groups too: the floor uses the run's median
+        ibws.append(inplace_bandwidth(reps=3))
         rows += run_elementwise(name, make(), shapes, args.steps, args.warmup, bws[-1])
         print(f"{name}: {time.perf_counter() - t:.0f}s", flush=True)
     bws.append(copy_bandwidth()[0])
+    ibws.append(inplace_bandwidth())
     bw = statistics.median(bws)
+    ibw = statistics.median(ibws)
     for r in rows:  # floor from the median bandwidth over the run
         r["floor_ms"] = r["bytes"] / (bw * 1e9) * 1e3
         r["vs_floor"] = r["ms"] / r["floor_ms"]
+        r["vs_floor_inplace"] = r["ms"] / (r["bytes"] / (ibw * 1e9) * 1e3)
 
     muon_rows: list[dict] = []
     ns_text = ""
@@ -489,7 +513,7 @@ def main() -> None:
                    "--steps", str(max(5, args.steps * 2 // 3)), "--warmup", str(args.warmup),
                    "--muon-steps", str(args.muon_steps)] + (["--quick"] if args.quick else []) + \
                   (["--no-heavyball"] if not have_hb else []) + (["--only", args.only] if args.only else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode == 0 and os.path.exists(out):
                 with open(out) as fh:
                     child = json.load(fh)
@@ -498,6 +522,7 @@ def main() -> None:
                     r["algorithm"] += " (compiled run)"
                     r["floor_ms"] = r["bytes"] / (bw * 1e9) * 1e3
                     r["vs_floor"] = r["ms"] / r["floor_ms"]
+                    r["vs_floor_inplace"] = r["ms"] / (r["bytes"] / (ibw * 1e9) * 1e3)
                 rows += child["rows"]
                 muon_rows += child["muon_rows"]
                 child_note = (f"compiled rows: separate process ({time.perf_counter() - t:.0f}s incl. compilation; its "
@@ -507,7 +532,8 @@ def main() -> None:
         print(child_note, flush=True)
 
     tail = (f"copy bandwidth (median of {len(bws)} measurements, 256 MB dst.copy_(src), 2*bytes/time): "
-            f"{bw:.1f} GB/s (min {min(bws):.1f}, max {max(bws):.1f}); load average at end: {loadavg()}; "
+            f"{bw:.1f} GB/s (min {min(bws):.1f}, max {max(bws):.1f}); in-place x.mul_(1.0) bandwidth (median of "
+            f"{len(ibws)}, 2*bytes/time): {ibw:.1f} GB/s (min {min(ibws):.1f}, max {max(ibws):.1f}); load average at end: {loadavg()}; "
             f"total {time.perf_counter() - t0:.0f}s" + (f"; {child_note}" if child_note else ""))
     text = "\n".join(head) + "\n\n" + fmt_rows(rows) + "\n\n" + (ns_text + "\n\n" + fmt_muon(muon_rows) + "\n\n"
                                                                  if muon_rows else "") + tail + "\n"

@@ -110,7 +110,8 @@ def test_pytorch_optimizer_entries():
         cls = pytorch_optimizer.load_optimizer(upstream)
         assert entry.meta["source"] == f"pytorch_optimizer.{cls.__name__}" and entry.meta["own"] is False
         assert entry.name in (upstream, f"{external.PREFIX}{upstream}")
-        assert entry.factory is cls or entry.meta.get("needs_model"), entry.name
+        adapted = entry.meta.get("needs_model") or upstream in external._MATRICES_ONLY
+        assert entry.factory is cls or adapted, entry.name
         accepted = set(inspect.signature(cls.__init__).parameters)
         options = {f.name for f in dataclasses.fields(entry.options)}
         assert options <= accepted, entry.name

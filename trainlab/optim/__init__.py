@@ -4,6 +4,8 @@ The registry holds trainlab's own algorithms (one per module, imported below so 
 optimizers of ``torch.optim``.
 """
 
+# ruff: noqa: I001  -- import order is registration order (own names before other packages)
+
 from trainlab.optim.registry import OPTIMIZERS, build, names, options_from_signature, resolve_options
 
 # Importing a module registers its optimizers; each group appends its own lines under its marker.

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from trainlab.config import option
 from trainlab.optim.registry import OPTIMIZERS
+from trainlab.optim.shell import use_foreach
 from trainlab.optim.wrappers import GradientTransformWrapper
 
 
@@ -53,11 +54,12 @@ class CoordClip(GradientTransformWrapper):
         params: tensors or param-group dicts.
         base: registry name of the base optimizer (default ``"sgd"``).
         threshold: clamp each gradient coordinate to ``[-threshold, threshold]`` (default 1.0).
-        foreach: ``torch._foreach_*`` form of the clamp (default True) or :func:`clip_coordinates_reference`.
+        foreach: ``torch._foreach_*`` form of the clamp (True), :func:`clip_coordinates_reference` (False), or by
+                device (None, default: foreach on CUDA only).
         **base_options: the base optimizer's options (``lr``, ``momentum``, ...).
     """
 
-    def __init__(self, params: Any, base: str = "sgd", threshold: float = 1.0, *, foreach: bool = True,
+    def __init__(self, params: Any, base: str = "sgd", threshold: float = 1.0, *, foreach: bool | None = None,
                  **base_options: Any) -> None:
         if not threshold > 0.0:
             raise ValueError(f"Invalid threshold: {threshold} (must be > 0)")
@@ -65,7 +67,7 @@ class CoordClip(GradientTransformWrapper):
         super().__init__(params, base, foreach=foreach, **base_options)
 
     def transform_(self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]) -> None:
-        (clip_coordinates_foreach if self.foreach else clip_coordinates_reference)(grads, self.threshold)
+        (clip_coordinates_foreach if use_foreach(self.foreach, grads) else clip_coordinates_reference)(grads, self.threshold)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from trainlab.config import option
 from trainlab.optim.registry import OPTIMIZERS
-from trainlab.optim.shell import evaluate_closure, groups_with_grads
+from trainlab.optim.shell import evaluate_closure, groups_with_grads, use_foreach
 
 
 def friction(previous_grad: Tensor, grad: Tensor) -> Tensor:
@@ -106,7 +106,7 @@ class DiffGrad(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False, *,
-                 foreach: bool = True) -> None:
+                 foreach: bool | None = None) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -136,7 +136,7 @@ class DiffGrad(torch.optim.Optimizer):
                 previous_grads.append(state["previous_grad"])
                 steps.append(state["step"])
             beta1, beta2 = group["betas"]
-            update = diffgrad_foreach if group.get("foreach", True) else diffgrad_reference
+            update = diffgrad_foreach if use_foreach(group.get("foreach"), params) else diffgrad_reference
             update(params, grads, exp_avgs, exp_avg_sqs, previous_grads, steps, lr=group["lr"], beta1=beta1,
                    beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                    decoupled_weight_decay=group["decoupled_weight_decay"])

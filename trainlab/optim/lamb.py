@@ -39,7 +39,7 @@ from torch import Tensor
 
 from trainlab.config import option
 from trainlab.optim.registry import OPTIMIZERS
-from trainlab.optim.shell import evaluate_closure, groups_with_grads
+from trainlab.optim.shell import evaluate_closure, groups_with_grads, use_foreach
 
 
 def _trust_ratio(w_norm: Tensor, u_norm: Tensor, clamp: float | None) -> Tensor:
@@ -105,12 +105,13 @@ class Lamb(torch.optim.Optimizer):
         weight_decay: L2 term added to the Adam direction, inside the trust ratio (default 0).
         bias_correction: divide the moments by ``1 - beta^t`` (default True; the cybertronai reference has none).
         clamp: clamp ``||p||`` to this value in the trust ratio (default None; pytorch-optimizer uses 10).
-        foreach: use the ``torch._foreach_*`` implementation (default True); False runs :func:`lamb_reference`.
+        foreach: the ``torch._foreach_*`` implementation (True), :func:`lamb_reference` per tensor (False), or
+                by device (None, default: foreach on CUDA; per tensor on CPU, where it measured faster).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = True,
-                 clamp: float | None = None, *, foreach: bool = True) -> None:
+                 clamp: float | None = None, *, foreach: bool | None = None) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -140,7 +141,7 @@ class Lamb(torch.optim.Optimizer):
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 steps.append(state["step"])
             beta1, beta2 = group["betas"]
-            update = lamb_foreach if group.get("foreach", True) else lamb_reference
+            update = lamb_foreach if use_foreach(group.get("foreach"), params) else lamb_reference
             update(params, grads, exp_avgs, exp_avg_sqs, steps, lr=group["lr"], beta1=beta1, beta2=beta2,
                    eps=group["eps"], weight_decay=group["weight_decay"], bias_correction=group["bias_correction"],
                    clamp=group["clamp"])

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from trainlab.config import option
 from trainlab.optim.registry import OPTIMIZERS
-from trainlab.optim.shell import evaluate_closure, groups_with_grads
+from trainlab.optim.shell import evaluate_closure, groups_with_grads, use_foreach
 
 
 def lion_reference(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, lr: float, beta1: float,
@@ -62,11 +62,12 @@ class Lion(torch.optim.Optimizer):
         lr: step length per coordinate (default 1e-4).
         betas: (beta1, beta2): interpolation for the update sign and momentum decay (default (0.9, 0.99)).
         weight_decay: decoupled decay, ``p *= 1 - lr * weight_decay`` (default 0).
-        foreach: use the ``torch._foreach_*`` implementation (default True); False runs :func:`lion_reference`.
+        foreach: the ``torch._foreach_*`` implementation (True), :func:`lion_reference` per tensor (False), or
+                by device (None, default: foreach on CUDA; per tensor on CPU, where it measured faster).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, foreach: bool = True) -> None:
+                 weight_decay: float = 0.0, *, foreach: bool | None = None) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if not all(0.0 <= b <= 1.0 for b in betas) or len(betas) != 2:
@@ -86,7 +87,7 @@ class Lion(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 exp_avgs.append(state["exp_avg"])
             beta1, beta2 = group["betas"]
-            update = lion_foreach if group.get("foreach", True) else lion_reference
+            update = lion_foreach if use_foreach(group.get("foreach"), params) else lion_reference
             update(params, grads, exp_avgs, lr=group["lr"], beta1=beta1, beta2=beta2,
                    weight_decay=group["weight_decay"])
         return loss

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from trainlab.config import option
 from trainlab.optim.registry import OPTIMIZERS
+from trainlab.optim.shell import use_foreach
 from trainlab.optim.wrappers import GradientTransformWrapper
 
 EPS = 1e-30
@@ -81,15 +82,16 @@ class PerpGrad(GradientTransformWrapper):
     Args:
         params: tensors or param-group dicts.
         base: registry name of the base optimizer (default ``"adamw"``: ⊥AdamW).
-        foreach: ``torch._foreach_*`` form of the projection (default True) or :func:`perpendicular_reference`.
+        foreach: ``torch._foreach_*`` form of the projection (True), :func:`perpendicular_reference` (False), or
+                by device (None, default: foreach on CUDA only).
         **base_options: the base optimizer's options (``lr``, ``betas``, ``weight_decay``, ...).
     """
 
-    def __init__(self, params: Any, base: str = "adamw", *, foreach: bool = True, **base_options: Any) -> None:
+    def __init__(self, params: Any, base: str = "adamw", *, foreach: bool | None = None, **base_options: Any) -> None:
         super().__init__(params, base, foreach=foreach, **base_options)
 
     def transform_(self, params: list[Tensor], grads: list[Tensor], group: dict[str, Any]) -> None:
-        (perpendicular_foreach if self.foreach else perpendicular_reference)(params, grads)
+        (perpendicular_foreach if use_foreach(self.foreach, params) else perpendicular_reference)(params, grads)
 
 
 @dataclass(frozen=True)

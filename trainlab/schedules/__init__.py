@@ -1,5 +1,7 @@
 """Learning-rate schedules as pure functions ``step -> multiplier`` (see :mod:`.registry`)."""
 
+# ruff: noqa: I001  -- import order is registration order (own names before other packages)
+
 # Importing the modules registers their schedules.
 # Registration order is listing order.
 from trainlab.schedules import basic  # noqa: I001,E402,F401  (registers constant, cosine, linear)

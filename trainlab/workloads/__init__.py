@@ -1,5 +1,7 @@
 """Workloads: data, model spec, loss, metric, target and budget (see :mod:`trainlab.workloads.base`)."""
 
+# ruff: noqa: I001  -- import order is registration order (own names before other packages)
+
 # Importing the modules registers their workloads.
 # Registration order is listing order.
 from trainlab.workloads import modular  # noqa: I001,E402,F401
