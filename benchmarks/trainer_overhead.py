@@ -110,9 +110,12 @@ def plain_setup(cfg: RunConfig) -> Plain:
 
 
 def plain_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # The same implementation trainlab's registry builds (fused on CPU/CUDA), so the ratio measures the trainer,
+    # not a difference between AdamW kernels.
     o = cfg.optimizer.options
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     return torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                             weight_decay=o.weight_decay, amsgrad=o.amsgrad)
+                             weight_decay=o.weight_decay, amsgrad=o.amsgrad, fused=fused or None)
 
 
 def plain_train(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
