@@ -448,6 +448,89 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
     return "\n".join(out)
 
 
+def ablation(cfg: RunConfig, steps: int, rounds: int) -> str:
+    """In-context cost of each piece: the plain step with one of trainlab's additions at a time, on fresh parts.
+
+    Every variant builds fresh parts with ``build_parts`` (so data, model and optimizer are trainlab's own) and
+    times ``steps`` steps; variants run in alternating order for ``rounds`` rounds and are reported as the
+    median ratio to the plain step. Unlike :func:`anatomy`, which times pieces in a hot loop of their own, this
+    shows what they cost inside a real step (cold caches, allocator, autograd graph), at the price of noise.
+    """
+    import trainlab.train.loop as loop_mod
+
+    trace_ok = hasattr(loop_mod, "global_grad_norm")
+
+    def variant(loss_tl: bool = False, trace: bool = False, book: bool = False, real: bool = False) -> Callable[[], float]:
+        def run() -> float:
+            p = build_parts(cfg, DistEnv())
+            model, opt, x, y = p.model, p.optimizer, p.data.x_train, p.data.y_train
+            b = cfg.train.batch_size
+            assert b is not None
+            n, gen = len(x), torch.Generator()
+            per_epoch, perm = n // b, torch.arange(n)
+            t0 = time.perf_counter()
+            if real:
+                for s in range(steps):
+                    train_step(p, s)
+                return time.perf_counter() - t0
+            for step in range(steps):
+                if book:
+                    lr_scale = p.lr_multiplier(step)
+                    for group, base in zip(p.optimizer.param_groups, p.base_lrs):
+                        group["lr"] = base * lr_scale
+                    idx = p.sampler.indices(step)
+                    len(p.sampler.global_indices(step))
+                else:
+                    epoch, pos = divmod(step, per_epoch)
+                    if pos == 0:
+                        perm = torch.randperm(n, generator=gen.manual_seed(seed_of(cfg, epoch)))
+                    idx = perm[pos * b:(pos + 1) * b]
+                xb, yb = x[idx], y[idx]
+                opt.zero_grad(set_to_none=True)
+                logits = model(xb)
+                if loss_tl:
+                    losses = p.workload.loss(logits, yb)
+                    (losses.sum() * (1 / losses.numel())).backward()
+                else:
+                    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
+                    loss.backward()
+                norm = loop_mod.global_grad_norm(model) if trace else None
+                opt.step()
+                if loss_tl:
+                    loss = losses.detach().mean()
+                if trace:
+                    p.trace.append((step, 0.0, loss, norm))
+            return time.perf_counter() - t0
+        return run
+
+    fns: dict[str, Callable[[], float]] = {"plain step": variant(), "+ per-example loss, sum*scale, mean": variant(loss_tl=True)}
+    if trace_ok:
+        fns["+ trace (grad norm + append)"] = variant(trace=True)
+    fns["+ bookkeeping (lr writes, sampler)"] = variant(book=True)
+    fns["all of the above (replica)"] = variant(True, trace_ok, True)
+    fns["trainlab train_step itself"] = variant(real=True)
+    for fn in fns.values():
+        fn()
+    ratios: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(rounds):
+        order = list(fns) if i % 2 == 0 else list(fns)[::-1]
+        got = {k: fns[k]() for k in order}
+        for k in fns:
+            ratios[k].append(got[k] / got["plain step"])
+    lines = [(f"  in-context ablation ({steps} steps per variant on fresh build_parts, {rounds} alternating rounds; "
+             f"ratio to the plain step, median and bootstrap 95% CI):")]
+    for k, r in ratios.items():
+        if k == "plain step":
+            continue
+        lo, hi = bootstrap_median_ci(r)
+        lines.append(f"    {k:<40} {statistics.median(r) - 1:+7.2%}  (CI {lo - 1:+.1%} .. {hi - 1:+.1%})")
+    return "\n".join(lines)
+
+
+def seed_of(cfg: RunConfig, epoch: int) -> int:
+    return cfg.train.seed * 1_000_003 + epoch
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The benchmark
 
@@ -512,7 +595,8 @@ class Result:
 
 
 def bench(workload: str, steps: int, batch: int, repeats: int, warmup: int, seed: int, threads: int,
-          target: float, force_profile: bool, profile_steps: int, root: Path, log: Callable[[str], None]) -> Result:
+          target: float, force_profile: bool, profile_steps: int, root: Path, log: Callable[[str], None],
+          ablation_rounds: int = 0) -> Result:
     cfg = config_for(workload, steps, batch, seed)
     res = Result(workload, cfg.model.name, batch, steps, threads, load_start=os.getloadavg())
     log(f"\n== {workload} / {cfg.model.name} / {cfg.optimizer.name} {cfg.optimizer.kwargs()} / batch {batch} / "
@@ -555,6 +639,10 @@ def bench(workload: str, steps: int, batch: int, repeats: int, warmup: int, seed
         why = "forced" if force_profile else f"median overhead {overhead:+.1%} > {target:.0%}"
         log(f"  profiling ({why}) ...")
         res.profile = anatomy(cfg, plain, statistics.median(res.plain_ms), root) + "\n\n" + profile(cfg, plain, profile_steps)
+    if ablation_rounds:
+        log(f"  in-context ablation ({ablation_rounds} rounds) ...")
+        text = ablation(cfg, steps, ablation_rounds)
+        res.profile = (res.profile + "\n\n" + text) if res.profile else text
     return res
 
 
@@ -641,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="always profile (cProfile + torch.profiler)")
     parser.add_argument("--no-profile", action="store_true", help="never profile, whatever the overhead")
     parser.add_argument("--profile-steps", type=int, default=50, help="steps per profiled side")
+    parser.add_argument("--ablation", type=int, default=0, metavar="ROUNDS",
+                        help="also time the plain step with each of trainlab's additions inside real steps "
+                             "(ROUNDS alternating rounds of 6 variants; 11 is a reasonable choice)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra trainlab override for both sides' config, e.g. --set trace=false (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write all figures to this JSON file")
@@ -665,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats = args.repeats or DEFAULTS[name][2]
             target = float("inf") if args.no_profile else args.target
             results.append(bench(name, steps, batch, repeats, warmup, args.seed, info["threads"], target,
-                                 args.profile, args.profile_steps, Path(tmp), log))
+                                 args.profile, args.profile_steps, Path(tmp), log, args.ablation))
     info["loadavg_end"] = os.getloadavg()
     info["benchmark_seconds"] = time.perf_counter() - t0
     log("\n" + report(results, info, args.target))
