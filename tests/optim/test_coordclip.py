@@ -11,20 +11,13 @@ from trainlab.config import ConfigError
 from trainlab.optim.coordclip import CoordClip, clip_coordinates_foreach, clip_coordinates_reference
 from trainlab.optim.wrappers import GradientTransformWrapper
 from trainlab.train.config import parse_overrides, resolve
+from optim_testing import feed_steps as steps, random_tensors
 
 SHAPES = [(7,), (4, 5), (2, 3, 3)]
 
 
 def tensors(dtype, seed, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return [(scale * torch.randn(s, generator=g, dtype=torch.float64)).to(dtype) for s in SHAPES]
-
-
-def steps(opt, params, grads_per_step):
-    for grads in grads_per_step:
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        opt.step()
+    return random_tensors(dtype, seed, SHAPES, scale)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])

@@ -10,20 +10,13 @@ import torch
 
 from trainlab import optim
 from trainlab.optim.diffgrad import DiffGrad, friction
+from optim_testing import feed_steps as steps, random_tensors
 
 SHAPES = [(7,), (4, 5), (2, 3, 3), (1,)]
 
 
 def tensors(dtype, seed, shapes=SHAPES):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
-
-
-def steps(opt, params, grads_per_step):
-    for grads in grads_per_step:
-        for p, g in zip(params, grads):
-            p.grad = g.clone()  # pytorch_optimizer adds coupled weight decay into p.grad in place
-        opt.step()
+    return random_tensors(dtype, seed, shapes)
 
 
 @pytest.mark.parametrize("decoupled", [False, True])

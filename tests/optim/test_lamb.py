@@ -9,20 +9,13 @@ import torch
 
 from trainlab import optim
 from trainlab.optim.lamb import Lamb
+from optim_testing import feed_steps as steps, random_tensors
 
 SHAPES = [(7,), (4, 5), (2, 3, 3)]
 
 
 def tensors(dtype, seed, shapes=SHAPES, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return [(scale * torch.randn(s, generator=g, dtype=torch.float64)).to(dtype) for s in shapes]
-
-
-def steps(opt, params, grads_per_step):
-    for grads in grads_per_step:
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        opt.step()
+    return random_tensors(dtype, seed, shapes, scale)
 
 
 def po_lamb(params, **kw):

@@ -9,20 +9,13 @@ import torch
 from trainlab import optim
 from trainlab.config import ConfigError
 from trainlab.optim.lion import Lion
+from optim_testing import feed_steps as steps, random_tensors
 
 SHAPES = [(7,), (4, 5), (2, 3, 3), (1,)]
 
 
 def tensors(dtype, seed, shapes=SHAPES):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
-
-
-def steps(opt, params, grads_per_step):
-    for grads in grads_per_step:
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        opt.step()
+    return random_tensors(dtype, seed, shapes)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float64, 1e-13)])

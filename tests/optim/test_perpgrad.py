@@ -13,20 +13,13 @@ from trainlab import optim
 from trainlab.config import ConfigError
 from trainlab.optim.perpgrad import PerpGrad, perpendicular_foreach, perpendicular_reference
 from trainlab.train.config import parse_overrides, resolve
+from optim_testing import feed_steps as steps, random_tensors
 
 SHAPES = [(7,), (4, 5), (2, 3, 3), (1,)]  # (1,): g is always parallel to w, so its gradient becomes 0
 
 
 def tensors(dtype, seed, shapes=SHAPES):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
-
-
-def steps(opt, params, grads_per_step):
-    for grads in grads_per_step:
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        opt.step()
+    return random_tensors(dtype, seed, shapes)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
