@@ -24,6 +24,8 @@ Nothing here asserts a timing: it measures and prints. Example::
     python benchmarks/trainer_overhead.py                       # mnist1d / cnn1d, batch 100
     python benchmarks/trainer_overhead.py --workload all        # mnist1d, then charlm / transformer, batch 32
     python benchmarks/trainer_overhead.py --workload charlm --steps 40 --repeats 7 --json out.json
+    python benchmarks/trainer_overhead.py --threads 1 --ablation 15  # + each addition timed inside real steps
+    python benchmarks/trainer_overhead.py --set trace=false          # extra trainlab overrides, both sides
 """
 
 from __future__ import annotations
@@ -459,7 +461,7 @@ def ablation(cfg: RunConfig, plain: Plain, steps: int, rounds: int) -> str:
     """
     import trainlab.train.loop as loop_mod
 
-    trace_ok = hasattr(loop_mod, "global_grad_norm")
+    trace_ok = hasattr(loop_mod, "global_grad_norm") and bool(getattr(cfg.train, "trace", False))
 
     def variant(loss_tl: bool = False, trace: bool = False, book: bool = False, real: bool = False) -> Callable[[], float]:
         def run() -> float:
@@ -711,12 +713,21 @@ def report(results: list[Result], info: dict[str, Any], target: float) -> str:
     return "\n".join(lines)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None/False/empty ones whose help text already says what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], 0) and not isinstance(action.default, float):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Per-step time of trainlab.run against a hand-written PyTorch loop on the same workload, "
                     "model, optimizer and batch; interleaved repetitions, median overhead ratio, and the "
                     "FLOP floor (FLOPs per step / measured fp32 matmul rate).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     parser.add_argument("--workload", choices=[*DEFAULTS, "all"], default="mnist1d",
                         help="mnist1d (cnn1d, batch 100), charlm (transformer, batch 32) or all")
     parser.add_argument("--steps", type=int, default=None,
@@ -733,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-steps", type=int, default=50, help="steps per profiled side")
     parser.add_argument("--ablation", type=int, default=0, metavar="ROUNDS",
                         help="also time the plain step with each of trainlab's additions inside real steps "
-                             "(ROUNDS alternating rounds of 6 variants; 11 is a reasonable choice)")
+                             "(ROUNDS alternating rounds of 7 variants; needs a quiet machine)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra trainlab override for both sides' config, e.g. --set trace=false (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write all figures to this JSON file")

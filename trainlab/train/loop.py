@@ -87,11 +87,6 @@ def _to(data: Dataset, device: torch.device, dtype: torch.dtype) -> Dataset:
 def build_parts(cfg: RunConfig, env: DistEnv) -> Parts:
     t = cfg.train
     dtype = torch.float64 if t.dtype == "float64" else torch.float32
-    if env.device.type == "cpu":
-        # Subnormal floats (|x| < 1.2e-38 in float32) run through a slow path on x86 CPUs. Adam's second moments
-        # reach them once the loss is ~1e-6 (the grokking recipe): steps went from 16 ms to 100-260 ms.
-        # Flushing them to zero changes nothing a float32 run can represent at normal precision.
-        torch.set_flush_denormal(True)
     torch.manual_seed(t.seed)
     workload = workloads.build(cfg.workload.name, **cfg.workload.kwargs())
     kind = input_kind_for(workload, cfg.model.name)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -116,7 +117,7 @@ def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, c
 
     stop = StopFlag()
     started = time.perf_counter()
-    with stop.installed():
+    with stop.installed(), _flush_subnormals(env.device):
         status = train_loop(parts, rd, progress, stop, on_eval, on_events)
     progress.close()
     if env.is_main:
@@ -137,6 +138,23 @@ def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, c
             print(f"trainlab: interrupted at step {parts.step}; resume with: trainlab run --resume {rd.path}",
                   file=sys.stderr)
     return rd.path
+
+
+@contextlib.contextmanager
+def _flush_subnormals(device: torch.device) -> Iterator[None]:
+    """Flush subnormal floats to zero while training on a CPU, then restore torch's default (off).
+
+    Subnormals (|x| < 1.2e-38 in float32) take a slow path on x86 CPUs. AdamW's second moments reach them once
+    the loss is ~1e-6 (the default grokking recipe): steps went from 16 ms to 100-260 ms. Flushing them changes
+    nothing a float32 run represents at normal precision (the default run's final metrics are identical).
+    """
+    if device.type != "cpu" or not torch.set_flush_denormal(True):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def _require_tensorboard() -> None:

@@ -100,8 +100,9 @@ class Workload:
     # --- loss and metric: per-example values, the trainer reduces them ----------------------------------
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         """Per-example (or per-token) losses, unreduced. Default: cross-entropy on class logits."""
-        if output.dim() == 3:  # (batch, time, vocab) language modelling
-            return F.cross_entropy(output.transpose(1, 2).float(), target, reduction="none")
+        if output.dim() == 3:  # (batch, time, vocab) language modelling; flat rows are faster than transpose(1, 2)
+            flat = F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1), reduction="none")
+            return flat.view(target.shape)
         return F.cross_entropy(output.float(), target, reduction="none")
 
     def metric_values(self, output: Tensor, target: Tensor) -> Tensor:
