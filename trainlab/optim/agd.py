@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from trainlab.config import ConfigError, option
 from trainlab.optim.registry import OPTIMIZERS
+from trainlab.optim.shell import evaluate_closure
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
@@ -127,10 +128,7 @@ class AGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         params = [p for group in self.param_groups for p in group["params"]]
         with_grad = [p for p in params if p.grad is not None]
         if not with_grad:

@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from trainlab.config import ConfigError, option
 from trainlab.optim.newton_schulz import orthogonalize, orthogonalize_exact
 from trainlab.optim.registry import OPTIMIZERS
+from trainlab.optim.shell import evaluate_closure
 
 Kind = Literal["linear", "conv", "embedding", "vector"]
 _DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -221,10 +222,7 @@ class Dualized(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         # (param, group, kind, buffer) for every parameter with a gradient; matrices batched by shape.
         items = []
         for group in self.param_groups:
