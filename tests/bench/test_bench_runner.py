@@ -92,3 +92,15 @@ def test_bench_killed_midway_resumes_without_rerunning_finished_trials(tmp_path)
     records = runner.load_records(out)
     assert len(records) == 8 and {r["submission"] for r in records} == {"sgdm", "adamw_optimizer.lr=1e-2"}
     assert (result.out / "leaderboard.md").is_file()
+
+
+def test_base_trials_interleave_submissions_so_load_drift_hits_all_alike():
+    from trainlab.bench import plan, submission, suite
+
+    workloads = [suite.get("mnist1d_mlp"), suite.get("sparse_parity")]
+    subs = [submission.parse("adamw"), submission.parse("lion")]
+    trials = plan.base_trials(workloads, subs, ruleset="external", seeds=2, studies=2, trials=1, suite="small")
+    order = [(t.meta["submission"], t.meta["workload"], t.meta["seed"]) for t in trials]
+    assert len(order) == len(set(order)) == 2 * 2 * 2
+    assert [o[0] for o in order] == ["adamw", "lion"] * 4  # the submissions alternate
+    assert order[0][1:] == order[1][1:]  # and each pair is the same workload and seed

@@ -55,12 +55,23 @@ def bench_trial(workload: BenchWorkload, sub: Submission, *, ruleset: str, study
 
 def base_trials(workloads: Sequence[BenchWorkload], subs: Sequence[Submission], *, ruleset: str, seeds: int,
                 studies: int, trials: int, suite: str) -> list[Trial]:
-    out = []
+    per_sub = []
     for sub in subs:
-        for plan in plan_trials(sub.search_space, ruleset, trials=trials, studies=studies, seeds=seeds):
-            for workload in workloads:
-                out.append(bench_trial(workload, sub, ruleset=ruleset, study=plan.study, index=plan.index,
-                                       seed=plan.seed, hyperparameters=plan.hyperparameters, suite=suite))
+        per_sub.append([bench_trial(workload, sub, ruleset=ruleset, study=plan.study, index=plan.index,
+                                    seed=plan.seed, hyperparameters=plan.hyperparameters, suite=suite)
+                        for plan in plan_trials(sub.search_space, ruleset, trials=trials, studies=studies,
+                                                seeds=seeds)
+                        for workload in workloads])
+    return interleave(per_sub)
+
+
+def interleave(lists: Sequence[Sequence[Trial]]) -> list[Trial]:
+    """Round-robin over the submissions' trial lists: on a machine whose load drifts, trials of the same
+    workload and seed from different submissions then run close together in time, so the drift falls on
+    all submissions alike instead of on whichever ran last."""
+    out: list[Trial] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out.extend(x[i] for x in lists if i < len(x))
     return out
 
 
@@ -71,8 +82,10 @@ def heldout_trials(workloads: Sequence[BenchWorkload], subs: Sequence[Submission
     for row in records:
         if row.get("variant") == "base":
             by_key.setdefault((row["submission"], row["workload"], row["study"]), []).append(row)
-    out = []
+    per_sub = []
     for sub in subs:
+        out: list[Trial] = []
+        per_sub.append(out)
         for workload in workloads:
             studies = sorted(s for (n, w, s) in by_key if n == sub.name and w == workload.name)
             for study in studies:
@@ -85,7 +98,7 @@ def heldout_trials(workloads: Sequence[BenchWorkload], subs: Sequence[Submission
                 out.append(bench_trial(workload.variant(HELDOUT), sub, ruleset=ruleset, study=study,
                                        index=chosen["trial"], seed=chosen["seed"],
                                        hyperparameters=chosen["hyperparameters"], suite=suite, variant=HELDOUT))
-    return out
+    return interleave(per_sub)
 
 
 def _time(row: dict) -> float:

@@ -146,6 +146,9 @@ def train_step(p: Parts, step: int) -> Tensor:
         grad_norm = global_grad_norm(p.model)
     p.optimizer.step()
     loss = losses.detach().mean()
+    observe = getattr(p.optimizer, "observe_loss", None)
+    if callable(observe):  # self-tuning optimizers (e.g. AutoLRS) steer by the training loss they produced
+        observe(loss)
     if p.cfg.train.trace:  # kept on the device; read at the next evaluation, so no per-step sync
         p.trace.append((step, p.base_lrs[0] * lr_scale, loss, grad_norm))  # type: ignore[arg-type]
     return loss
