@@ -104,3 +104,49 @@ def test_base_trials_interleave_submissions_so_load_drift_hits_all_alike():
     assert len(order) == len(set(order)) == 2 * 2 * 2
     assert [o[0] for o in order] == ["adamw", "lion"] * 4  # the submissions alternate
     assert order[0][1:] == order[1][1:]  # and each pair is the same workload and seed
+
+
+def _children(pid):
+    try:
+        return {int(c) for task in os.listdir(f"/proc/{pid}/task")
+                for c in open(f"/proc/{pid}/task/{task}/children").read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads worker pids from /proc (Linux)")
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_bench_workers_do_not_outlive_their_driver(tmp_path, how):
+    out = tmp_path / "bench"
+    script = tmp_path / "bench.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(tests=str(TESTS), out=str(out))))
+    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers = set()
+        while not any((out / "trials").glob("*/metrics.jsonl")) and time.monotonic() < deadline:
+            workers |= _children(proc.pid)
+            time.sleep(0.05)
+        workers |= _children(proc.pid)
+        assert workers, "no worker process was seen"
+        proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)  # the driver only
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], f"workers outlived the driver ({how})"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+        for w in _children(proc.pid):
+            os.kill(w, signal.SIGKILL)

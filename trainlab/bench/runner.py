@@ -27,6 +27,7 @@ with whatever ``meta`` it needs, run by :func:`run_trials`, then plotted from th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +38,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from trainlab.bench.timing import TrialScore, finished, score_run
 from trainlab.train.state import atomic_write_text
@@ -122,6 +123,22 @@ def _init_worker(threads: int) -> None:
     # Ctrl-C reaches the whole process group; the driver decides (it sends SIGTERM, which a training run
     # handles by stopping after its step and saving). While training, the trainer installs its own handlers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+
+
+def _exit_with_parent(period: float = 2.0) -> None:
+    """A worker whose driver died (SIGKILL, a crash) is re-parented and would sit idle or finish a trial
+    nobody records; it exits instead. The driver's resume reruns the trial."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(period)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="trainlab-parent-watch", daemon=True).start()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -243,7 +260,7 @@ def _run_pool(pending: list[Trial], root: Path, workers: int, threads: int, exec
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+    with _sigterm_as_interrupt(), ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                              initargs=(threads,)) as pool:
         futures: dict[Future, Trial] = {}
         queue = list(pending)
@@ -274,6 +291,27 @@ def _run_pool(pending: list[Trial], root: Path, workers: int, threads: int, exec
                     os.kill(process.pid, signal.SIGTERM)  # a training run stops after its step and saves
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM to the driver (``kill``, a job scheduler) takes the Ctrl-C path: workers are told to stop after
+    their step and save, and the pool is shut down, instead of the driver vanishing and leaving them behind."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_backend(backend: str) -> None:
