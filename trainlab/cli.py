@@ -20,12 +20,15 @@ examples:
   trainlab run my_config.yaml optimizer=sgd optimizer.lr=0.1 optimizer.momentum=0.9
   trainlab run --resume runs/modular-adamw-20260101-120000
   torchrun --nproc_per_node=2 -m trainlab run batch_size=512   # data-parallel (DDP, gloo on CPU)
+  torchrun --nproc_per_node=2 -m trainlab run dist.strategy=fsdp   # or zero1, diloco, streaming_diloco
+  torchrun --max-restarts=3 --nproc_per_node=2 -m trainlab run checkpoint_every=100 --out runs/x --auto-resume
 
 keys: workload, model, optimizer, schedule name a component (its defaults apply);
       workload.KEY, model.KEY, optimizer.KEY, schedule.KEY set a component's options;
       top level: steps, seed, batch_size (0 = full batch), eval_every, eval_examples, checkpoint_every,
       grad_clip, threshold, device (auto|cpu|cuda|mps), dtype (float32|float64),
-      autocast (auto|off|bf16), compile, tensorboard, trace, name.
+      autocast (auto|off|bf16), compile, tensorboard, trace, name;
+      sections loss.KEY, param.KEY, probes.KEY, dist.KEY (dist=ddp|zero1|fsdp|diloco|streaming_diloco).
       `trainlab list workloads --options` shows every component's options and defaults.
 """
 
@@ -63,6 +66,9 @@ examples:
   trainlab bench --submission adamw --out results/small --resume   # continue an interrupted bench
   trainlab bench set-targets --seeds 3              # rerun the tuned baselines; rewrite trainlab/bench/targets.json
   trainlab bench report results/small               # rewrite leaderboard.md, plots and report.html
+  trainlab bench --submission examples/autolrs_submission.py --ruleset self   # AutoLRS: its own lr per stage
+  trainlab bench sensitivity charlm                 # study: final loss vs lr, qk-layernorm / z-loss (--help)
+  trainlab bench transfer --widths 32,64,128,256    # study: best lr vs width for adamw, muon, dualized (--help)
 
 SUITE|WORKLOAD: small (default: mnist1d_mlp mnist1d_cnn modular_grok charlm sparse_parity) or workload names.
 SPEC: a preset (nadamw = baseline), an optimizer name and key=value words (optimizer.KEY, schedule,
@@ -70,6 +76,103 @@ SPEC: a preset (nadamw = baseline), an optimizer name and key=value words (optim
       loguniform(lo,hi), uniform(lo,hi) or choice(a,b) is a search-space dimension), a .yaml or a .py file.
 Only training time counts; the score is the time of the first evaluation meeting the target.
 """
+
+
+SENSITIVITY_EXAMPLES = """\
+examples:
+  trainlab bench sensitivity                        # charlm, 4 variants x 7 lrs (3e-4..3e-1), 600 steps
+  trainlab bench sensitivity charlm modular_grok --variants base,qk+zloss --seeds 2 --workers 2
+  trainlab bench sensitivity --lrs 1e-3,1e-2,1e-1 --steps 200 --out results/sens-quick
+  trainlab bench sensitivity --set grad_clip=1 --out results/sens-clip     # extra overrides for every trial
+  trainlab bench sensitivity --out results/sensitivity --resume            # continue: finished trials stay
+  trainlab bench sensitivity report results/sensitivity                    # redraw from the records alone
+
+Variants: base (AdamW, 5% warm-up, cosine), qk (model.qk_layernorm=true), zloss (loss.z_loss=1e-4), qk+zloss.
+LR sensitivity (Wortsman et al. 2023, arXiv:2309.14322): mean over the log-spaced lr grid of
+min(final loss, L0) - best final loss, L0 = loss at initialisation; 0 = flat loss-vs-lr curve.
+Writes study.json, results.jsonl, summary.md, plots/loss_vs_lr.png and report.html into --out.
+"""
+
+TRANSFER_EXAMPLES = """\
+examples:
+  trainlab bench transfer                           # adamw, muon, dualized; MLP widths 32..256 on mnist1d
+  trainlab bench transfer --optimizers adamw,dualized --widths 64,128,256,512 --steps 300 --workers 2
+  trainlab bench transfer --lrs "adamw=1e-3,2e-3,4e-3,8e-3;muon=1e-2,2e-2,4e-2"   # per-optimizer grids
+  trainlab bench transfer --out results/transfer --resume                  # continue: finished trials stay
+  trainlab bench transfer report results/transfer                          # redraw from the records alone
+
+Final loss: mean training loss over the last 10% of steps; best lr: parabola through the grid minimum and
+its neighbours in log lr. Shift: log2(best lr at the widest / narrowest width), 0 = perfect transfer.
+Writes study.json, results.jsonl, summary.md, plots/loss_vs_lr.png, plots/best_lr_vs_width.png, report.html.
+"""
+
+STUDIES = ("sensitivity", "transfer")
+
+
+def build_study_parser(kind: str) -> argparse.ArgumentParser:
+    """The parser of ``trainlab bench sensitivity`` / ``trainlab bench transfer`` (see trainlab.bench.studies)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    if kind == "sensitivity":
+        p = argparse.ArgumentParser(
+            prog="trainlab bench sensitivity", epilog=SENSITIVITY_EXAMPLES, formatter_class=fmt,
+            description="LR-sensitivity study (Wortsman et al. 2023): train each workload and variant (qk-layernorm, "
+                        "z-loss) over a log grid of learning rates and report final loss vs lr and the LR sensitivity.")
+        p.add_argument("names", nargs="*", metavar="WORKLOAD",
+                       help="bench workloads with a transformer (default: charlm); or: report DIR")
+        p.add_argument("--lrs", metavar="LR,LR,...", help="learning rates (default: 7 log-spaced from 3e-4 to 3e-1)")
+        p.add_argument("--variants", metavar="V,V,...", default="base,qk,zloss,qk+zloss",
+                       help="among base, qk, zloss, qk+zloss (default: all four)")
+        p.add_argument("--steps", type=int, default=600, metavar="N", help="training steps per trial (default 600)")
+    else:
+        p = argparse.ArgumentParser(
+            prog="trainlab bench transfer", epilog=TRANSFER_EXAMPLES, formatter_class=fmt,
+            description="LR-transfer study: best learning rate vs width of an MLP on mnist1d for each optimizer "
+                        "(default: adamw, muon and the modular-dualized optimizer).")
+        p.add_argument("names", nargs="*", metavar="report DIR", help="`report DIR` redraws a finished study")
+        p.add_argument("--optimizers", default="adamw,muon,dualized", metavar="NAME,...",
+                       help="registry optimizers (default: adamw,muon,dualized)")
+        p.add_argument("--widths", default="32,64,128,256", metavar="W,W,...", help="MLP widths (default 32,64,128,256)")
+        p.add_argument("--lrs", metavar="GRID", help="LR,LR,... for all optimizers, or NAME=LR,LR;NAME=... "
+                       "(default: 7 points a factor 2 apart per optimizer)")
+        p.add_argument("--steps", type=int, default=300, metavar="N", help="training steps per trial (default 300)")
+        p.add_argument("--depth", type=int, default=3, metavar="D", help="hidden layers of the MLP (default 3)")
+        p.add_argument("--batch-size", type=int, default=128, metavar="B", help="batch size (default 128)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 per point (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="extra",
+                   help="an extra `trainlab run` override for every trial (repeatable), e.g. grad_clip=1")
+    p.add_argument("--workers", type=int, metavar="W", help="parallel worker processes (default: the CPU cores; "
+                   "0 = in this process)")
+    p.add_argument("--threads", type=int, default=1, metavar="T", help="torch threads per trial (default 1)")
+    p.add_argument("--out", metavar="DIR", help=f"results directory (default: results/{kind})")
+    p.add_argument("--resume", action="store_true", help="continue the study in --out: finished trials are kept")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def cmd_bench_study(kind: str, ns: argparse.Namespace) -> int:
+    from trainlab.bench import studies
+    from trainlab.config import ConfigError
+
+    if ns.names and ns.names[0] == "report":
+        if len(ns.names) != 2 or not Path(ns.names[1]).is_dir():
+            raise ConfigError(f"bench {kind} report", f"expected one results directory: trainlab bench {kind} report DIR")
+        result = studies.write_report(Path(ns.names[1]))
+    elif kind == "sensitivity":
+        variants = [v.strip() for v in ns.variants.split(",") if v.strip()]
+        result = studies.run_sensitivity(ns.names, lrs=ns.lrs or studies.SENSITIVITY_LRS, variants=variants,
+                                         seeds=ns.seeds, steps=ns.steps, extra=ns.extra, workers=ns.workers,
+                                         threads=ns.threads, out=ns.out or "results/sensitivity", resume=ns.resume,
+                                         progress=not ns.quiet)
+    else:
+        if ns.names:
+            raise ConfigError("bench transfer", f"unexpected argument {ns.names[0]!r} (only `report DIR`)")
+        optimizers = [o.strip() for o in ns.optimizers.split(",") if o.strip()]
+        result = studies.run_transfer(optimizers, widths=ns.widths, lrs=ns.lrs, seeds=ns.seeds, steps=ns.steps,
+                                      depth=ns.depth, batch_size=ns.batch_size, extra=ns.extra, workers=ns.workers,
+                                      threads=ns.threads, out=ns.out or "results/transfer", resume=ns.resume,
+                                      progress=not ns.quiet)
+    print(result.text)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an optional YAML config file, then dotted key=value overrides")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/WORKLOAD-OPTIMIZER-TIME)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    run.add_argument("--auto-resume", action="store_true",
+                     help="if --out DIR already holds a run of this same config, continue it from its newest "
+                          "checkpoint (start afresh if it has none) instead of refusing; with torchrun "
+                          "--max-restarts=K a killed worker's restart loses at most checkpoint_every steps")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary (errors still print)")
     run.add_argument("--no-report", action="store_true", help="skip plots and report.html at the end")
 
@@ -123,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "rules: training time only, held-out variants as a gate, performance profiles, speedup "
                            "over the NAdamW baseline with a confidence interval and a p-value) and write "
                            "results.jsonl, leaderboard.md, plots and report.html. Also: `bench set-targets`, "
-                           "`bench report DIR`.")
+                           "`bench report DIR`, and the studies `bench sensitivity` and `bench transfer` (each has --help).")
     bench.add_argument("names", nargs="*", metavar="SUITE|WORKLOAD",
                        help="suites or workloads (default: small); or set-targets [...] / report DIR")
     bench.add_argument("--submission", action="append", default=[], metavar="SPEC",
@@ -172,7 +279,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     config, overrides = _split_run_args(ns.args)
     if ns.resume and config:
         raise trainlab.config.ConfigError("", "--resume takes the run's saved config; do not pass a config file")
-    run(config, overrides, out=ns.out, resume=ns.resume, quiet=ns.quiet, report=not ns.no_report)
+    run(config, overrides, out=ns.out, resume=ns.resume, quiet=ns.quiet, report=not ns.no_report,
+        auto_resume=ns.auto_resume)
     return 0
 
 
@@ -396,8 +504,13 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) >= 2 and args[0] == "bench" and args[1] in STUDIES:  # the studies have parsers of their own
+        ns = build_study_parser(args[1]).parse_args(args[2:])
+        ns.command, ns.study = "bench-study", args[1]
+    else:
+        parser = build_parser()
+        ns = parser.parse_args(args)
     if ns.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -408,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainlab.train.state import CheckpointError
     from trainlab.workloads.base import DataError
 
-    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "law": cmd_law, "bench": cmd_bench}
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "law": cmd_law, "bench": cmd_bench,
+                "bench-study": lambda ns: cmd_bench_study(ns.study, ns)}
     try:
         return handlers[ns.command](ns)
     except (ConfigError, UnknownNameError) as err:

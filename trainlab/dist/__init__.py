@@ -1,4 +1,9 @@
-"""Distributed training on torch.distributed (torchrun + gloo on CPU, NCCL on CUDA)."""
+"""Distributed training on torch.distributed (torchrun + gloo on CPU, NCCL on CUDA).
+
+env.py (process group, device), strategy.py (``dist.strategy``: ddp, zero1, fsdp, diloco, streaming_diloco),
+comm.py (the byte meter), muon.py (distributed Muon), diloco.py, compression.py (DGC / PowerSGD DDP hooks),
+quantize.py.
+"""
 
 from trainlab.dist.env import DistEnv, setup
 

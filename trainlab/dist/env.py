@@ -2,7 +2,8 @@
 
 ``trainlab run`` launched under ``torchrun --nproc_per_node=N`` sees ``WORLD_SIZE=N`` and trains with
 DistributedDataParallel: each process takes its slice of every global batch, gradients are averaged by DDP,
-and only rank 0 writes the run directory. Without torchrun everything here is a no-op.
+and only rank 0 writes the run directory. Without torchrun everything here is a no-op. Which strategy trains
+(DDP, ZeRO, FSDP, DiLoCo) is :mod:`trainlab.dist.strategy`'s business; :meth:`DistEnv.wrap` is plain DDP.
 """
 
 from __future__ import annotations
@@ -88,5 +89,25 @@ def setup(device_preference: str = "auto") -> DistEnv:
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=10))
+        timeout = timedelta(minutes=10)
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if restart > 0 and "MASTER_ADDR" in os.environ:
+            store = _attempt_store(restart, rank, world_size, timeout)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+        else:
+            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def _attempt_store(restart: int, rank: int, world_size: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store of a restarted ``torchrun --max-restarts`` attempt, under a prefix of its own.
+
+    Measured with torch 2.13 (``--standalone``, gloo): after a worker was killed, the restarted workers joined
+    the agent's store under the same keys as the first attempt, read the dead processes' gloo addresses and
+    failed with "Gloo connectFullMesh ... Connection refused". A prefix per restart keeps the attempts apart.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    base = dist.TCPStore(host, port, world_size, is_master=(not agent_store and rank == 0), timeout=timeout,
+                         **({} if agent_store else {"multi_tenant": True}))
+    return dist.PrefixStore(f"trainlab/restart_{restart}", base)

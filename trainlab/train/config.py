@@ -12,6 +12,8 @@ YAML file, then ``key=value`` overrides from the command line. Rules:
 - Three plain sections have fixed options and no name: ``loss`` (the loss function and regularisers),
   ``param`` (initialisation and parametrisation) and ``probes`` (which probes run, and when); e.g.
   ``loss.z_loss=1e-4``, ``param.init=orthogonal``, ``probes=weights,hessian probes.every=100``.
+- The ``dist`` section picks the distributed strategy and its options (``dist=fsdp`` is
+  ``dist.strategy=fsdp``; ``dist.inner_steps=100``); see :mod:`trainlab.dist.strategy`.
 - Unknown keys, wrong types and out-of-range values raise :class:`~trainlab.config.ConfigError`.
 """
 
@@ -125,9 +127,89 @@ class ProbeOptions:
     lc_radius: float = option(0.05, gt=0.0, help="cross-polytope radius of local complexity (input units)")
 
 
-SECTIONS: dict[str, type] = {"loss": LossOptions, "param": ParamOptions, "probes": ProbeOptions}
+@dataclass(frozen=True)
+class DistOptions:
+    """How the processes of a ``torchrun`` launch train together (``dist=fsdp``; ``trainlab.dist.strategy``).
+
+    Without torchrun (one process) ``ddp`` is the plain single-process trainer; every other strategy runs its
+    own code path on a one-process gloo group (sharding over one process is the identity; DiLoCo is its
+    outer loop with one worker). Options of a strategy that is not selected are refused.
+    """
+
+    strategy: Literal["ddp", "zero1", "fsdp", "diloco", "streaming_diloco"] = option(
+        "ddp", help="ddp: DistributedDataParallel; zero1: DDP + ZeroRedundancyOptimizer (optimizer state sharded; "
+                    "Rajbhandari et al. 2020); fsdp: FSDP2 fully_shard, ZeRO-3; diloco / streaming_diloco: local "
+                    "inner steps, outer Nesterov step on averaged pseudo-gradients (Douillard et al. 2023, 2025)")
+    compression: Literal["none", "dgc", "powersgd"] = option(
+        "none", help="DDP communication hook (ddp, zero1): dgc = Deep Gradient Compression (Lin et al. 2018), "
+                     "powersgd = PowerSGD (Vogels et al. 2019)")
+    distributed_muon: bool = option(True, help="optimizer=muon under ddp/fsdp: each process orthogonalises the "
+                                               "matrices it owns, results are shared (off: ddp repeats the work "
+                                               "on every process; fsdp needs it)")
+    reshard_after_forward: bool = option(True, help="fsdp: free gathered parameters after forward (re-gathered "
+                                                    "in backward) -- ZeRO-3; false keeps them until backward")
+    inner_steps: int = option(50, ge=1, help="diloco: H, inner optimizer steps between outer steps")
+    outer_lr: float = option(0.7, gt=0.0, help="diloco: outer SGD learning rate")
+    outer_momentum: float = option(0.9, ge=0.0, lt=1.0, help="diloco: outer SGD momentum")
+    nesterov: bool = option(True, help="diloco: Nesterov outer momentum")
+    fragments: int = option(2, ge=1, help="streaming_diloco: P, fragments synchronised in turn")
+    overlap: int = option(1, ge=0, help="streaming_diloco: tau, inner steps the all-reduce overlaps with")
+    alpha: float = option(0.5, ge=0.0, le=1.0, help="streaming_diloco: mixing of the new global fragment into "
+                                                    "the local one (1: take the global)")
+    quant_bits: Literal[0, 4, 8] = option(4, help="streaming_diloco: bits of the communicated outer gradients "
+                                                  "(0: full precision)")
+    dgc_density: float = option(0.001, gt=0.0, le=1.0, help="dgc: final fraction of each sparsified tensor sent "
+                                                            "per step (paper: 0.001 = 99.9% sparsity)")
+    dgc_warmup_steps: int = option(0, ge=0, help="dgc: steps of the warm-up ladder 75% -> 93.75% -> 98.4% -> "
+                                                 "99.6% sparsity before dgc_density (paper: 4 epochs)")
+    dgc_momentum: float = option(0.9, ge=0.0, lt=1.0, help="dgc: momentum of the momentum correction (use the "
+                                                           "optimizer without momentum, e.g. sgd)")
+    dgc_nesterov: bool = option(False, help="dgc: Nesterov form of the momentum correction")
+    dgc_clip: float | None = option(None, gt=0.0, help="dgc: local gradient clipping norm, per tensor, scaled by "
+                                                       "N^-1/2 (none: off)")
+    dgc_min_sparse_numel: int = option(1024, ge=0, help="dgc: smaller tensors (and all vectors) are sent dense")
+    powersgd_rank: int = option(2, ge=1, help="powersgd: rank of the low-rank approximation (paper: 2)")
+    powersgd_start_iter: int = option(0, ge=0, help="powersgd: steps all-reduced dense before compressing")
+    powersgd_min_compression_rate: float = option(1.0, ge=0.0, help="powersgd: compress an n x m matrix when "
+                                                                    "nm/((n+m)r) exceeds this")
+
+
+# Which DistOptions belong to which strategy / compression (the others must stay at their defaults).
+DIST_OPTION_OWNERS: dict[str, tuple[str, ...]] = {
+    "reshard_after_forward": ("fsdp",),
+    "inner_steps": ("diloco", "streaming_diloco"), "outer_lr": ("diloco", "streaming_diloco"),
+    "outer_momentum": ("diloco", "streaming_diloco"), "nesterov": ("diloco", "streaming_diloco"),
+    "fragments": ("streaming_diloco",), "overlap": ("streaming_diloco",), "alpha": ("streaming_diloco",),
+    "quant_bits": ("streaming_diloco",),
+    "dgc_density": ("dgc",), "dgc_warmup_steps": ("dgc",), "dgc_momentum": ("dgc",), "dgc_nesterov": ("dgc",),
+    "dgc_clip": ("dgc",), "dgc_min_sparse_numel": ("dgc",),
+    "powersgd_rank": ("powersgd",), "powersgd_start_iter": ("powersgd",), "powersgd_min_compression_rate": ("powersgd",),
+}
+
+
+def check_dist(options: DistOptions) -> None:
+    """Cross-option rules of the ``dist`` section (one-line :class:`ConfigError` s)."""
+    defaults = DistOptions()
+    for key, owners in DIST_OPTION_OWNERS.items():
+        if getattr(options, key) != getattr(defaults, key) and options.strategy not in owners \
+                and options.compression not in owners:
+            raise ConfigError(f"dist.{key}", f"applies to {' / '.join(owners)} only, not to "
+                                             f"dist.strategy={options.strategy}")
+    if options.compression != "none" and options.strategy not in ("ddp", "zero1"):
+        raise ConfigError("dist.compression", f"is a DDP communication hook: use it with dist.strategy=ddp or "
+                                              f"zero1, not {options.strategy}")
+    if options.strategy == "streaming_diloco":
+        if options.fragments > options.inner_steps:
+            raise ConfigError("dist.fragments", f"must not exceed dist.inner_steps ({options.inner_steps})")
+        if options.overlap * options.fragments >= options.inner_steps:
+            raise ConfigError("dist.overlap", f"overlap * fragments must be less than inner_steps "
+                                              f"({options.inner_steps}): a fragment's exchange must finish before "
+                                              f"the next one starts")
+
+
+SECTIONS: dict[str, type] = {"loss": LossOptions, "param": ParamOptions, "probes": ProbeOptions, "dist": DistOptions}
 # the key a section's bare value sets: `probes=weights,hessian` is `probes.names=weights,hessian`
-SECTION_VALUE_KEY = {"loss": "function", "param": "init", "probes": "names"}
+SECTION_VALUE_KEY = {"loss": "function", "param": "init", "probes": "names", "dist": "strategy"}
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainOptions))
 # Options that may change when resuming without breaking bit-identical continuation.
@@ -159,6 +241,7 @@ class RunConfig:
     loss: LossOptions = field(default_factory=LossOptions)
     param: ParamOptions = field(default_factory=ParamOptions)
     probes: ProbeOptions = field(default_factory=ProbeOptions)
+    dist: DistOptions = field(default_factory=DistOptions)
 
     def to_plain(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name).to_plain() for name in COMPONENTS}
@@ -295,6 +378,7 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
     train = build_options(TrainOptions, {k: v for k, v in merged.items() if k not in COMPONENTS and k not in SECTIONS})
     sections = {name: build_options(cls, merged.get(name, {}), prefix=name) for name, cls in SECTIONS.items()}
     _check_probe_names(sections["probes"])
+    check_dist(sections["dist"])
     train = replace(
         train,
         steps=train.steps if train.steps is not None else wl_cls.default_steps,

@@ -9,6 +9,12 @@ Order inside one iteration, at step ``s`` (``s`` optimizer steps already taken):
 A checkpoint at ``s`` therefore holds the state *after* the evaluation row of ``s`` was written; a resumed
 run continues from there and does not repeat that row. Training time counts only the optimizer steps (and
 the batch selection and lr setting that belong to them), never evaluation, logging or checkpointing.
+
+Several processes (``torchrun``) train through a :class:`~trainlab.dist.strategy.Strategy` (``dist.strategy``):
+it shards or wraps the model, builds the optimizer, takes its turn after every optimizer step
+(``after_step``: DiLoCo's outer step), supplies the weights evaluation sees and the full state checkpoints
+hold; its byte meter adds ``comm_bytes`` (since the previous row), ``comm_bytes_step`` (the last step's) and
+``comm_bytes_total`` to every evaluation row.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from torch import Tensor, nn
 
 from trainlab import models, optim, schedules, workloads
 from trainlab.config import ConfigError
+from trainlab.dist import strategy as strategies
 from trainlab.dist.env import DistEnv
 from trainlab.train import state as ckpt
 from trainlab.train.config import RunConfig
@@ -58,6 +65,7 @@ class Parts:
     tracker: EventTracker
     objective: Objective
     prober: Prober
+    strategy: strategies.Strategy = field(default_factory=lambda: strategies.Strategy(None, DistEnv()))
     step: int = 0
     train_time: float = 0.0
     wall_offset: float = 0.0
@@ -99,28 +107,37 @@ def build_parts(cfg: RunConfig, env: DistEnv) -> Parts:
     spec = workload.spec(kind)  # type: ignore[arg-type]
     model = models.build(cfg.model.name, spec, **cfg.model.kwargs()).to(env.device, dtype)
     model = apply_param_options(model, cfg.param, data.x_train[:1024])
-    needs_model = optim.OPTIMIZERS.get(cfg.optimizer.name).meta.get("needs_model", False)
-    params = optimizer_params(model, cfg.param, cfg.optimizer.name, cfg.optimizer.kwargs().get("lr"), needs_model)
-    optimizer = optim.build(cfg.optimizer.name, params, **cfg.optimizer.kwargs())
-    set_mode = getattr(optimizer, "train", None)  # schedule-free optimizers must be in train mode to step
-    if callable(set_mode):
-        set_mode()
-    net = env.wrap(model)
-    if t.compile:
-        net = torch.compile(net)  # type: ignore[assignment]
-    assert t.steps is not None and t.batch_size is not None and t.threshold is not None and t.eval_every is not None
-    objective = Objective(cfg.loss, workload, model, n_train=data.n_train, n_classes=n_classes_of(spec),
-                          distributed=env.distributed, compiled=t.compile)
-    prober = Prober(cfg.probes, t.steps, t.eval_every, loss_fn=objective.primary, data=data)
-    return Parts(
-        cfg=cfg, env=env, workload=workload, data=data, model=model, net=net, optimizer=optimizer,
-        lr_multiplier=schedules.build(cfg.schedule.name, t.steps, **cfg.schedule.kwargs()),
-        base_lrs=[float(g["lr"]) for g in optimizer.param_groups],
-        sampler=BatchSampler(data.n_train, t.batch_size, t.seed, env.rank, env.world_size),
-        autocast=autocast_factory(t.autocast, env.device, dtype),
-        tracker=EventTracker(workload.metric, workload.higher_is_better, t.threshold),
-        objective=objective, prober=prober,
-    )
+    strategy = strategies.build(cfg.dist, env)
+    if cfg.probes.names and cfg.dist.strategy == "fsdp" and env.distributed:
+        raise ConfigError("probes", "probes run on the main process alone, but fsdp shards the parameters over all "
+                                    "processes; use dist.strategy=ddp or zero1 to probe")
+    try:
+        model = strategy.prepare(model)
+        needs_model = optim.OPTIMIZERS.get(cfg.optimizer.name).meta.get("needs_model", False)
+        params = optimizer_params(model, cfg.param, cfg.optimizer.name, cfg.optimizer.kwargs().get("lr"), needs_model)
+        optimizer = strategy.build_optimizer(cfg.optimizer.name, params, cfg.optimizer.kwargs())
+        set_mode = getattr(optimizer, "train", None)  # schedule-free optimizers must be in train mode to step
+        if callable(set_mode):
+            set_mode()
+        net = strategy.wrap(model, optimizer)
+        if t.compile:
+            net = torch.compile(net)  # type: ignore[assignment]
+        assert t.steps is not None and t.batch_size is not None and t.threshold is not None and t.eval_every is not None
+        objective = Objective(cfg.loss, workload, model, n_train=data.n_train, n_classes=n_classes_of(spec),
+                              distributed=env.distributed or strategy.world_size > 1, compiled=t.compile)
+        prober = Prober(cfg.probes, t.steps, t.eval_every, loss_fn=objective.primary, data=data)
+        return Parts(
+            cfg=cfg, env=env, workload=workload, data=data, model=model, net=net, optimizer=optimizer,
+            lr_multiplier=schedules.build(cfg.schedule.name, t.steps, **cfg.schedule.kwargs()),
+            base_lrs=[float(g["lr"]) for g in optimizer.param_groups],
+            sampler=BatchSampler(data.n_train, t.batch_size, t.seed, env.rank, env.world_size),
+            autocast=autocast_factory(t.autocast, env.device, dtype),
+            tracker=EventTracker(workload.metric, workload.higher_is_better, t.threshold),
+            objective=objective, prober=prober, strategy=strategy,
+        )
+    except BaseException:
+        strategy.finish()  # a one-process group made for this run goes with it
+        raise
 
 
 def train_step(p: Parts, step: int) -> Tensor:
@@ -133,18 +150,25 @@ def train_step(p: Parts, step: int) -> Tensor:
     with p.autocast():
         losses, penalty = p.objective(p.net, x, y, idx)
     # sum * world / global count == the global-batch mean after DDP averages gradients over processes,
-    # whatever the share sizes; with one process it is the plain mean.
-    per_example = losses.numel() // max(len(idx), 1)
-    global_count = len(p.sampler.global_indices(step)) * per_example
+    # whatever the share sizes; with one process it is the plain mean. DiLoCo's workers do not average
+    # gradients: each minimises the mean over its own share.
     p.optimizer.zero_grad(set_to_none=True)
-    total = losses.sum() * (p.env.world_size / global_count)
+    if p.strategy.local_loss:
+        total = losses.sum() / max(losses.numel(), 1)
+    else:
+        per_example = losses.numel() // max(len(idx), 1)
+        global_count = len(p.sampler.global_indices(step)) * per_example
+        total = losses.sum() * (p.env.world_size / global_count)
     (total if penalty is None else total + penalty).backward()
     grad_norm = None
     if p.cfg.train.grad_clip is not None:
-        grad_norm = p.extra["grad_norm"] = torch.nn.utils.clip_grad_norm_(p.model.parameters(), p.cfg.train.grad_clip)
+        grad_norm = p.extra["grad_norm"] = _local(
+            torch.nn.utils.clip_grad_norm_(p.model.parameters(), p.cfg.train.grad_clip))
     elif p.cfg.train.trace:
         grad_norm = global_grad_norm(p.model)
     p.optimizer.step()
+    p.strategy.after_step(step + 1)
+    p.strategy.meter.end_step()
     loss = losses.detach().mean()
     observe = getattr(p.optimizer, "observe_loss", None)
     if callable(observe):  # self-tuning optimizers (e.g. AutoLRS) steer by the training loss they produced
@@ -159,7 +183,13 @@ def global_grad_norm(model: nn.Module) -> Tensor:
     grads = [q.grad for q in model.parameters() if q.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+    return _local(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()))
+
+
+def _local(t: Tensor) -> Tensor:
+    """A replicated DTensor (FSDP's norms) as the plain tensor every process holds; others unchanged."""
+    to_local = getattr(t, "full_tensor", None)
+    return to_local() if callable(to_local) else t
 
 
 def drain_trace(p: Parts) -> list[dict[str, Any]]:
@@ -176,10 +206,16 @@ def drain_trace(p: Parts) -> list[dict[str, Any]]:
 @torch.no_grad()
 def evaluate_split(p: Parts, x: Tensor, y: Tensor, chunk: int = 1024) -> tuple[float, float]:
     """(mean loss, mean metric) over a split, sharded across processes and summed with all-reduce."""
-    limit = p.cfg.train.eval_examples or len(x)
-    shard = torch.tensor_split(torch.arange(min(limit, len(x))), p.env.world_size)[p.env.rank]
+    limit = min(p.cfg.train.eval_examples or len(x), len(x))
+    shard = torch.tensor_split(torch.arange(limit), p.env.world_size)[p.env.rank]
     sums = torch.zeros(3, dtype=torch.float64, device=p.env.device)
-    for i in range(0, len(shard), chunk):
+    # fsdp's forward is a collective (it all-gathers the parameters): every process makes the same number of calls
+    calls = math.ceil(math.ceil(limit / p.env.world_size) / chunk) if p.strategy.lockstep_forward else 0
+    for i in range(0, max(len(shard), calls * chunk), chunk):
+        if i >= len(shard):
+            with p.autocast():
+                p.model(x[:1])  # a shorter share: keep step with the other processes' gathers
+            continue
         idx = shard[i:i + chunk].to(p.env.device)
         with p.autocast():
             out = p.model(x[idx])
@@ -198,8 +234,9 @@ def evaluate(p: Parts, wall: float) -> dict[str, Any]:
     if callable(set_mode):
         set_mode()
     p.model.eval()
-    train_loss, train_metric = evaluate_split(p, p.data.x_train, p.data.y_train)
-    val_loss, val_metric = evaluate_split(p, p.data.x_val, p.data.y_val)
+    with p.strategy.eval_weights():  # DiLoCo: the global model
+        train_loss, train_metric = evaluate_split(p, p.data.x_train, p.data.y_train)
+        val_loss, val_metric = evaluate_split(p, p.data.x_val, p.data.y_val)
     p.model.train()
     set_mode = getattr(p.optimizer, "train", None) if switch else None
     if callable(set_mode):
@@ -209,7 +246,17 @@ def evaluate(p: Parts, wall: float) -> dict[str, Any]:
            "train_loss": train_loss, f"train_{metric}": train_metric, "val_loss": val_loss, f"val_{metric}": val_metric}
     if "grad_norm" in p.extra:
         row["grad_norm"] = float(p.extra["grad_norm"])
+    if p.strategy.active:
+        row.update(comm_columns(p))
     return row
+
+
+def comm_columns(p: Parts) -> dict[str, int]:
+    """This process's payload bytes (see trainlab.dist.comm): since the previous row, last step, in total."""
+    meter = p.strategy.meter
+    since = meter.total - p.extra.get("comm_row_total", 0)
+    p.extra["comm_row_total"] = meter.total
+    return {"comm_bytes": since, "comm_bytes_step": meter.last_step, "comm_bytes_total": meter.total}
 
 
 def timing_row(p: Parts, wall: float) -> dict[str, Any]:
@@ -222,19 +269,50 @@ def current_lr(p: Parts) -> float:
     return p.base_lrs[0] * p.lr_multiplier(min(p.step, p.cfg.train.steps - 1))  # type: ignore[operator]
 
 
+def needs_all_ranks(p: Parts) -> bool:
+    """Whether building a checkpoint is collective (sharded or per-process state): every rank must call it."""
+    return p.strategy.world_size > 1 and (p.strategy.per_rank_state or p.strategy.name in ("zero1", "fsdp"))
+
+
 def checkpoint_payload(p: Parts, wall: float) -> dict[str, Any]:
+    """The checkpoint's content. Call it on every rank when :func:`needs_all_ranks` (sharded strategies gather
+    the full model and optimizer state to rank 0, a collective); only rank 0's result is written."""
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()  # type: ignore[assignment]
-    return {"model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(), "train_time": p.train_time,
-            "wall_time": wall, "events": [e.to_dict() for e in p.tracker.events], "rng": rng,
-            "objective": p.objective.state_dict(), "probe_initial": p.prober.initial,
-            "event_state": dict(p.tracker.state)}
+    s = p.strategy
+    local = {"model": s.model_state(p.model), "optimizer": s.optimizer_state(p.model, p.optimizer),
+             "strategy": s.state_dict()}
+    payload = {**local, "train_time": p.train_time,
+               "wall_time": wall, "events": [e.to_dict() for e in p.tracker.events], "rng": rng,
+               "objective": p.objective.state_dict(), "probe_initial": p.prober.initial,
+               "event_state": dict(p.tracker.state), "world_size": s.world_size, "strategy_name": s.name}
+    if s.per_rank_state and s.world_size > 1:
+        # DiLoCo's workers hold different weights and inner-optimizer states between outer steps: keep each.
+        # (gather_object pickles over the process group between this run's own processes; files never are.)
+        gathered: list[Any] | None = [None] * s.world_size if s.rank == 0 else None
+        torch.distributed.gather_object(local, gathered, dst=0)
+        payload["ranks"] = gathered
+    return payload
 
 
 def restore(p: Parts, payload: dict[str, Any]) -> None:
-    p.model.load_state_dict(payload["model"])
-    p.optimizer.load_state_dict(payload["optimizer"])
+    s = p.strategy
+    saved_name = payload.get("strategy_name")
+    if saved_name is not None and saved_name != s.name and {saved_name, s.name} & {"zero1", "fsdp"}:
+        raise ckpt.CheckpointError(f"checkpoint was written by dist.strategy={saved_name}; cannot resume it "
+                                   f"with {s.name}")
+    local = payload
+    if "ranks" in payload:
+        ranks = payload["ranks"]
+        if len(ranks) != s.world_size:
+            raise ckpt.CheckpointError(f"checkpoint holds {len(ranks)} {s.name} workers' states; resume it with "
+                                       f"torchrun --nproc_per_node={len(ranks)} (workers hold different weights)")
+        local = ranks[s.rank]
+    s.load_model_state(p.model, local["model"])
+    s.load_optimizer_state(p.model, p.optimizer, local["optimizer"])
+    s.load_state_dict(local.get("strategy", {}))
+    p.extra["comm_row_total"] = s.meter.total
     p.base_lrs = [float(g.get("initial_lr", g["lr"])) for g in p.optimizer.param_groups]
     p.step, p.train_time, p.wall_offset = int(payload["step"]), float(payload["train_time"]), float(payload["wall_time"])
     p.tracker = EventTracker(p.tracker.metric, p.tracker.higher_is_better, p.tracker.threshold, payload["events"],
@@ -309,8 +387,10 @@ def train_loop(p: Parts, rd: RunDir, progress: Progress, stop: StopFlag,
                 ending = end_of_run(p, row, new_events, boundary)
                 if ending:
                     return ending
-            if (saving or stopping) and p.env.is_main:
-                ckpt.save(rd.checkpoints, p.step, checkpoint_payload(p, time.perf_counter() - wall0))
+            if (saving or stopping) and (p.env.is_main or needs_all_ranks(p)):
+                payload = checkpoint_payload(p, time.perf_counter() - wall0)
+                if p.env.is_main:
+                    ckpt.save(rd.checkpoints, p.step, payload)
             if stopping:
                 return "interrupted"
             t_seg = time.perf_counter()

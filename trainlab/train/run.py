@@ -14,8 +14,9 @@ import torch
 from trainlab.config import ConfigError
 from trainlab.dist import env as dist_env
 from trainlab.train import state as ckpt
-from trainlab.train.config import RunConfig, for_resume, from_cli
-from trainlab.train.loop import Parts, StopFlag, build_parts, checkpoint_payload, output_dir, restore, train_loop
+from trainlab.train.config import RESUMABLE_KEYS, RunConfig, for_resume, from_cli
+from trainlab.train.loop import (Parts, StopFlag, build_parts, checkpoint_payload, needs_all_ranks, output_dir, restore,
+                                 train_loop)
 from trainlab.train.progress import Progress
 from trainlab.train.rundir import RunDir, versions
 
@@ -34,15 +35,25 @@ def run(
     runs_root: str | Path = "runs",
     command: str | None = None,
     report: bool = True,
+    auto_resume: bool = False,
 ) -> Path:
     """Train one configuration and return its run directory.
 
     ``config`` is a :class:`RunConfig`, a YAML path, or None (the defaults); ``overrides`` are ``key=value``
     strings applied on top. ``resume`` continues the run in that directory from its newest checkpoint.
+
+    ``auto_resume`` (``--auto-resume``, needs ``out``): when ``out`` already holds a run of the same
+    configuration, continue it from its newest checkpoint instead of refusing (or start it afresh when it has
+    no checkpoint yet). This is what makes ``torchrun --max-restarts=K ... trainlab run ... --out DIR
+    --auto-resume`` survive a lost worker: torchrun restarts every worker with the same command, and they pick
+    up the last checkpoint, losing at most ``checkpoint_every`` steps. A different configuration in ``out``
+    (other than the keys a resume may change) is an error.
     Example::
 
         run_dir = trainlab.run(overrides=["workload=sparse_parity", "steps=500"], quiet=True)
     """
+    if auto_resume and (out is None or resume is not None):
+        raise RunError("--auto-resume needs --out DIR (the directory a restarted launch continues) and no --resume")
     if resume is not None:
         rd = RunDir(Path(resume))
         if not (rd.path / "config.yaml").is_file():
@@ -62,14 +73,44 @@ def run(
     except RuntimeError as err:
         raise RunError(str(err)) from None
     try:
+        resuming = resume is not None
         if resume is None:
             rd = RunDir(Path(env.broadcast(str(output_dir(cfg, out, runs_root)) if env.is_main else None)))
-            if rd.has_run():
-                raise RunError(f"{rd.path} already holds a run; resume it with --resume {rd.path} or choose another --out")
-        return _run(cfg, env, rd, resuming=resume is not None, quiet=quiet or not env.is_main,
+            verdict = _auto_resume_verdict(cfg, rd) if auto_resume and env.is_main else None
+            verdict = env.broadcast(verdict) if auto_resume else None
+            if verdict is not None and verdict.startswith("error: "):
+                raise RunError(verdict[len("error: "):])
+            if verdict == "resume":
+                resuming = True
+            elif verdict == "fresh":
+                if env.is_main:
+                    rd.truncate_to_checkpoint(-1)  # rows of an attempt that never checkpointed
+            elif rd.has_run():
+                raise RunError(f"{rd.path} already holds a run; resume it with --resume {rd.path} (or --auto-resume), "
+                               "or choose another --out")
+        return _run(cfg, env, rd, resuming=resuming, quiet=quiet or not env.is_main,
                     command=command or _command(), report=report)
     finally:
         env.close()
+
+
+def _auto_resume_verdict(cfg: RunConfig, rd: RunDir) -> str:
+    """``--auto-resume`` on the main process: "new", "fresh" (a run without a checkpoint), "resume", or "error: ..."."""
+    if not rd.has_run():
+        return "new"
+    saved_path = rd.path / "config.yaml"
+    if not saved_path.is_file():
+        return "fresh"
+    try:
+        saved = from_cli(str(saved_path), []).to_plain()
+    except ConfigError as err:
+        return f"error: --auto-resume: the config saved in {rd.path} no longer resolves ({err})"
+    new = cfg.to_plain()
+    for key in sorted(set(saved) | set(new)):
+        if key not in RESUMABLE_KEYS and saved.get(key) != new.get(key):
+            return (f"error: --auto-resume: {rd.path} holds a run with a different {key} ({saved.get(key)!r}, not "
+                    f"{new.get(key)!r}); choose another --out")
+    return "resume" if ckpt.latest_manifest(rd.checkpoints) is not None else "fresh"
 
 
 def _command() -> str:
@@ -79,12 +120,20 @@ def _command() -> str:
 
 def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Path:
     parts = build_parts(cfg, env)
+    try:
+        return _train(parts, cfg, env, rd, resuming=resuming, quiet=quiet, command=command, report=report)
+    finally:
+        parts.strategy.finish()
+
+
+def _train(parts: Parts, cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, command: str,
+           report: bool) -> Path:
     if resuming:
-        try:
+        try:  # every process reads the (shared) run directory and keeps its own part of the full state
             payload = ckpt.load(rd.checkpoints, map_location=env.device)
+            restore(parts, payload)
         except ckpt.CheckpointError as err:
             raise RunError(str(err)) from None
-        restore(parts, payload)
         if env.is_main:
             rd.truncate_to_checkpoint(parts.step)
     if env.is_main:
@@ -124,9 +173,11 @@ def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, c
     with stop.installed(), _flush_subnormals(env.device):
         status = train_loop(parts, rd, progress, stop, on_eval, on_events)
     progress.close()
+    if status in ("completed", "reached_target", "out_of_time") and (env.is_main or needs_all_ranks(parts)):
+        payload = checkpoint_payload(parts, parts.wall_offset + time.perf_counter() - started)
+        if env.is_main:
+            ckpt.save(rd.checkpoints, parts.step, payload)
     if env.is_main:
-        if status in ("completed", "reached_target", "out_of_time"):
-            ckpt.save(rd.checkpoints, parts.step, checkpoint_payload(parts, parts.wall_offset + time.perf_counter() - started))
         summary = _summary(parts, rd, status, command, env)
         rd.write_json("summary.json", summary)
         if writer is not None:
@@ -227,6 +278,9 @@ def _summary(parts: Parts, rd: RunDir, status: str, command: str, env: Any) -> d
         "parameters": sum(p.numel() for p in parts.model.parameters()),
         "device": str(env.device),
         "world_size": env.world_size,
+        **({"comm": {**parts.strategy.summary(),
+                     "bytes_per_step": round(parts.strategy.meter.total / parts.step, 1) if parts.step else 0.0}}
+           if parts.strategy.active else {}),
         "threads": torch.get_num_threads(),
         "versions": versions(),
         "command": command,

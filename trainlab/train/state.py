@@ -11,6 +11,12 @@ any moment leaves the previous checkpoint and its manifest intact. The two newes
 
 Loading: the manifest's SHA-256 must match the file, and ``torch.load(weights_only=True)`` refuses anything
 but tensors and plain containers, so a truncated, corrupted or malicious file is reported, never loaded.
+
+Distributed runs write the same single file from rank 0. Sharded strategies (zero1, fsdp) first consolidate
+their state into full tensors (:mod:`trainlab.dist.strategy`); every process then loads this file and keeps
+its own part, which is why such a run can resume on another number of processes. PyTorch's sharded format
+(``torch.distributed.checkpoint``) is not used: its ``FileSystemReader.read_metadata`` unpickles the
+``.metadata`` file (torch 2.13), and trainlab never unpickles files.
 """
 
 from __future__ import annotations
