@@ -15,6 +15,7 @@ from trainlab.optim import lamb  # noqa: F401
 from trainlab.optim import diffgrad  # noqa: F401
 from trainlab.optim import perpgrad  # noqa: F401
 from trainlab.optim import coordclip  # noqa: F401
+from trainlab.optim import autolrs  # noqa: F401
 from trainlab.optim import schedule_free  # noqa: F401
 # --- orthogonalising optimizers (Muon, modular dualization, AGD) ---
 from trainlab.optim import muon  # noqa: F401
