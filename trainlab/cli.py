@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip plots and report.html at the end")
 
     lst = sub.add_parser("list", help="list registered components", epilog=LIST_EXAMPLES, formatter_class=fmt,
-                         description="List the registered workloads, models, optimizers, schedules or probes.")
-    lst.add_argument("what", choices=["workloads", "models", "optimizers", "schedules", "probes"])
+                         description="List the registered workloads, models, optimizers, schedules, probes or "
+                                     "distributed strategies.")
+    lst.add_argument("what", choices=["workloads", "models", "optimizers", "schedules", "probes", "strategies"])
     lst.add_argument("--options", action="store_true", help="also show each component's options and defaults")
 
     rep = sub.add_parser("report", help="write an HTML report of one or more runs", epilog=REPORT_EXAMPLES,
@@ -333,6 +334,18 @@ def cmd_list(ns: argparse.Namespace) -> int:
             print(f"{entry.name:<{width}}  {entry.summary}\n{'':<{width}}  cost: {entry.meta['cost']}")
             if ns.options and entry.meta.get("paper"):
                 print(f"{'':<{width}}  paper: {entry.meta['paper']}")
+        return 0
+    if ns.what == "strategies":
+        from trainlab.dist.strategy import STRATEGIES
+        from trainlab.train.config import DistOptions
+
+        width = max(len(e.name) for e in STRATEGIES)
+        for entry in STRATEGIES:
+            print(f"{entry.name:<{width}}  {entry.summary}")
+        if ns.options:
+            print("\noptions (dist.KEY=VALUE; each names the strategies it applies to):")
+            for name, type_name, default, help_text in describe_options(DistOptions):
+                print(f"    dist.{name} = {default!r}  ({type_name}) {help_text}")
         return 0
     registry = COMPONENTS[ns.what.rstrip("s")]
     if ns.what == "optimizers":

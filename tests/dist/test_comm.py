@@ -26,3 +26,14 @@ def test_ring_allreduce_wire_bytes():
     assert ring_allreduce_wire_bytes(1000, 1) == 0
     assert ring_allreduce_wire_bytes(1000, 2) == 1000
     assert ring_allreduce_wire_bytes(1000, 4) == 1500
+
+
+def test_list_strategies_names_every_registered_strategy_and_its_options(capsys):
+    from trainlab.cli import main
+    from trainlab.dist.strategy import STRATEGIES
+
+    assert main(["list", "strategies", "--options"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines() if line and not line.startswith((" ", "options"))]
+    assert listed == [e.name for e in STRATEGIES] == ["ddp", "zero1", "fsdp", "diloco", "streaming_diloco"]
+    assert "    dist.inner_steps = 50  (int)" in out and "dist.compression" in out
