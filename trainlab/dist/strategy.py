@@ -199,7 +199,11 @@ class DDPStrategy(Strategy):
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
         self.model = model
         self.grad_bytes = trainable_bytes(model)
-        if not self.env.distributed:
+        return self._ddp(model, several=self.env.distributed)
+
+    def _ddp(self, model: nn.Module, several: bool) -> nn.Module:
+        """DDP with the configured communication hook; one process trains the plain model (and refuses a hook)."""
+        if not several:
             if self.options.compression != "none":
                 raise ConfigError("dist.compression", "needs several processes (a DDP communication hook); "
                                                       "launch with torchrun --nproc_per_node=N")
@@ -284,17 +288,8 @@ class Zero1Strategy(DDPStrategy):
         self.model, self.optimizer = model, optimizer
         self.grad_bytes = trainable_bytes(model)
         self.owned_bytes = tensor_bytes([q for g in optimizer.optim.param_groups for q in g["params"]])  # type: ignore[attr-defined]
-        if self.world_size == 1:
-            if self.options.compression != "none":
-                raise ConfigError("dist.compression", "needs several processes (a DDP communication hook); "
-                                                      "launch with torchrun --nproc_per_node=N")
-            return model  # DDP over one process only copies gradients; the optimizer path is ZeRO's
-        device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        if self.options.compression != "none":
-            self.hook = build_compression_hook(self.options, self.meter, model)
-            self.hook.register(net)
-        return net
+        # DDP over one process only copies gradients; the optimizer path is ZeRO's
+        return self._ddp(model, several=self.world_size > 1)
 
     def after_step(self, step: int) -> None:
         if self.hook is None and self.world_size > 1:  # one process: no DDP, nothing all-reduced
