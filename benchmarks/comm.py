@@ -14,7 +14,7 @@ the payload each process hands to collectives (``trainlab.dist.comm``), from ``s
 the final validation loss, total bytes per process, and the reduction against the DDP arm with the same
 optimizer.
 
-    python benchmarks/comm.py                      # all arms, 2 processes, 2000 steps  (~15-30 min on 2 cores)
+    python benchmarks/comm.py                      # all arms, 2 processes, 1500 steps  (~15-30 min on 2 cores)
     python benchmarks/comm.py --steps 300 --only ddp,diloco_h50     # a quick look
     python benchmarks/comm.py --table              # rewrite the table from finished runs only
 
@@ -35,13 +35,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD = ["workload=charlm", "workload.max_chars=50000", "workload.block_size=32", "model=transformer",
-            "model.n_layer=2", "model.d_model=128", "model.n_head=4", "batch_size=32", "dtype=float32"]
+            "model.n_layer=1", "model.d_model=64", "model.n_head=4", "batch_size=32", "dtype=float32"]
 ADAMW = ["optimizer=adamw", "optimizer.lr=3e-3", "optimizer.weight_decay=0.1", "optimizer.betas=[0.9,0.95]",
          "schedule=cosine", "schedule.warmup=40"]
 # DGC moves the momentum into the hook (momentum correction), so its optimizer is plain SGD and its
 # reference arm is DDP with the same momentum in the optimizer.
-SGD_MOMENTUM = ["optimizer=sgd", "optimizer.lr=0.5", "optimizer.momentum=0.9", "schedule=cosine", "schedule.warmup=40"]
-SGD_PLAIN = ["optimizer=sgd", "optimizer.lr=0.5", "optimizer.momentum=0", "schedule=cosine", "schedule.warmup=40"]
+SGD_MOMENTUM = ["optimizer=sgd", "optimizer.lr=0.1", "optimizer.momentum=0.9", "schedule=cosine", "schedule.warmup=40"]
+SGD_PLAIN = ["optimizer=sgd", "optimizer.lr=0.1", "optimizer.momentum=0", "schedule=cosine", "schedule.warmup=40"]
 
 # name -> (reference arm for the reduction factor, overrides, paper's reduction)
 ARMS: dict[str, tuple[str, list[str], str]] = {
@@ -50,9 +50,9 @@ ARMS: dict[str, tuple[str, list[str], str]] = {
     "diloco_h100": ("ddp", [*ADAMW, "dist=diloco", "dist.inner_steps=100"], "~100x"),
     "diloco_h500": ("ddp", [*ADAMW, "dist=diloco", "dist.inner_steps=500"], "~500x"),
     "streaming_h100_p2_4bit": ("ddp", [*ADAMW, "dist=streaming_diloco", "dist.inner_steps=100", "dist.fragments=2",
-                                       "dist.overlap=5", "dist.quant_bits=4"], "~400x at H=100 (1B model)"),
+                                       "dist.overlap=5", "dist.quant_bits=4"], "~400x fewer bits (1B model, 4-bit)"),
     "powersgd_r2": ("ddp", [*ADAMW, "dist=ddp", "dist.compression=powersgd", "dist.powersgd_rank=2"],
-                    "~50-200x (rank 2, ResNet/LSTM)"),
+                    "— (ratio set by matrix shapes: nm/((n+m)r))"),
     "ddp_sgd": ("ddp_sgd", [*SGD_MOMENTUM, "dist=ddp"], "1x"),
     "dgc": ("ddp_sgd", [*SGD_PLAIN, "dist=ddp", "dist.compression=dgc", "dist.dgc_density=0.001",
                         "dist.dgc_momentum=0.9", "dist.dgc_warmup_steps=200"], "270-600x"),
@@ -84,8 +84,8 @@ def run_arm(name: str, out: Path, steps: int, nproc: int, eval_every: int) -> di
 
 def table(out: Path, names: list[str]) -> str:
     rows = {n: json.loads((out / n / "summary.json").read_text()) for n in names if (out / n / "summary.json").exists()}
-    lines = ["| arm | optimizer | final val loss | bytes / process (total) | bytes / step | reduction vs its DDP "
-             "arm | paper |", "|---|---|---:|---:|---:|---:|---|"]
+    lines = ["| arm | optimizer | final val loss | best val loss | bytes / process (total) | bytes / step | "
+             "reduction vs its DDP arm | paper |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for name, s in rows.items():
         ref, overrides, paper = ARMS[name]
         total = s.get("comm", {}).get("bytes_total")
@@ -93,19 +93,48 @@ def table(out: Path, names: list[str]) -> str:
         reduction = f"{ref_total / total:,.0f}x" if total and ref_total else "—"
         opt = next(o.split("=", 1)[1] for o in overrides if o.startswith("optimizer="))
         per_step = s.get("comm", {}).get("bytes_per_step")
-        lines.append(f"| {name} | {opt} | {s['final']['val_loss']:.4f} | {total:,} | {per_step:,.0f} | {reduction} "
-                     f"| {paper} |")
+        best = min(json.loads(line)["val_loss"] for line in (out / name / "metrics.jsonl").read_text().splitlines()
+                   if "val_loss" in json.loads(line))
+        lines.append(f"| {name} | {opt} | {s['final']['val_loss']:.4f} | {best:.4f} | {total:,} | {per_step:,.0f} "
+                     f"| {reduction} | {paper} |")
     return "\n".join(lines)
+
+
+def plot(out: Path, names: list[str], path: Path) -> None:
+    """Validation loss against cumulative bytes per process, one line per arm (log x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name in names:
+        metrics = out / name / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        pts = [(r["comm_bytes_total"], r["val_loss"]) for r in rows if r.get("comm_bytes_total") and "val_loss" in r]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes handed to collectives per process (cumulative)")
+    ax.set_ylabel("validation loss")
+    ax.set_title("charlm, 2 processes: loss against communication")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps per arm (default 2000)")
+    ap.add_argument("--steps", type=int, default=1500, help="optimizer steps per arm (default 1500)")
     ap.add_argument("--nproc", type=int, default=2, help="processes per arm (default 2)")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--only", default="", help="comma-separated arms (default: all): " + ", ".join(ARMS))
     ap.add_argument("--out", default=str(HERE / "runs" / "comm"))
     ap.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    ap.add_argument("--plot", default=str(HERE / "comm_loss_vs_bytes.png"), help="where the figure goes ('' = none)")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(ARMS)
     unknown = [n for n in names if n not in ARMS]
@@ -119,6 +148,9 @@ def main() -> None:
         for name in names:
             run_arm(name, out, args.steps, args.nproc, args.eval_every)
     print(table(out, names))
+    if args.plot:
+        plot(out, names, Path(args.plot))
+        print(f"figure: {args.plot}")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
