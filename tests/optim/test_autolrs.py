@@ -201,6 +201,10 @@ def test_trains_a_tiny_workload(tmp_path):
                               "optimizer.stage_steps=20"], out=tmp_path / "run", quiet=True, report=False)
     losses = _val_losses(Path(out))
     assert losses[-1] < 0.5 * losses[0]
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["step"] > 0]
+    # the lr column is AutoLRS's own (within its search range), not the constant schedule's 1e-3 default
+    assert all(1e-4 <= lr <= 1e-1 for lr in lrs) and any(abs(lr - rows[0]["lr"]) > 1e-9 for lr in lrs)
 
 
 def test_the_python_file_submission_trains(tmp_path):

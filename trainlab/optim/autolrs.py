@@ -27,7 +27,7 @@ The wrapper owns the learning rate: before each base step it sets group ``i``'s 
 ``lr_i / lr_0`` (the groups' lrs as last set from outside, relative to the first group's initial lr). With
 ``schedule=constant`` (the intended use) that keeps the ratios between groups' initial lrs; a schedule's
 multiplier, or an lr changed by hand between steps, multiplies AutoLRS's lr. The trainer's lr column shows the
-schedule's lr, not AutoLRS's; :attr:`AutoLRS.history` has the chosen lrs. Units: lr_min/lr_max are learning
+lr of the last step taken (:meth:`AutoLRS.current_lr`); :attr:`AutoLRS.history` has the chosen lrs. Units: lr_min/lr_max are learning
 rates of the base optimizer (defaults 1e-4..1e-1, for Adam-type bases); steps are optimizer steps.
 
 Without loss feedback (``observe_loss`` never called, e.g. a hand-written loop) no search is possible: after the
@@ -229,6 +229,12 @@ class AutoLRS(GradientTransformWrapper):
         self._snapshot: tuple[list[Tensor], dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ the trainer's hooks
+    def current_lr(self) -> float:
+        """The first group's lr of the last step taken (what the trainer's lr column shows for this optimizer);
+        before the first step, the group's lr as given."""
+        written = self._written[0]
+        return float(self.param_groups[0]["lr"] if written is None else written)
+
     def observe_loss(self, loss: Tensor | float) -> None:
         """The training loss of the step just taken (the trainer calls this after every step, before the next
         forward pass: a finished window is closed here, so the next step's gradient is taken at the restored

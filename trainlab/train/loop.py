@@ -265,7 +265,11 @@ def timing_row(p: Parts, wall: float) -> dict[str, Any]:
 
 
 def current_lr(p: Parts) -> float:
-    """The first group's lr for the step about to be taken (the last step's at the end of the run)."""
+    """The first group's lr for the step about to be taken (the last step's at the end of the run). An optimizer
+    that sets its own lr (AutoLRS) reports it through a ``current_lr()`` method: the lr of its last step."""
+    own = getattr(p.optimizer, "current_lr", None)
+    if callable(own):
+        return float(own())
     return p.base_lrs[0] * p.lr_multiplier(min(p.step, p.cfg.train.steps - 1))  # type: ignore[operator]
 
 
