@@ -137,6 +137,25 @@ def test_ddp_zero1_fsdp_diloco_match_one_process_and_count_the_payload():
         assert st["row"]["comm_bytes_total"] == sent and st["row"]["step"] == 6
 
 
+def _run_sharded(rank, world):
+    env = DistEnv(rank=rank, world_size=world)
+    out = {}
+    for name in ("zero1", "fsdp"):
+        parts = _train(_parts([f"dist={name}"], env))
+        out[name] = parts.strategy.model_state(parts.model)  # full tensors on rank 0
+    return out
+
+
+@pytest.mark.slow
+def test_four_processes_zero1_and_fsdp_match_one_process():
+    """4 shards: zero1's partitions and fsdp's row shards (16 rows split evenly; the 13-row output layer padded
+    to 4 x 4) still reproduce one process."""
+    reference = _train(_parts([], DistEnv())).model.state_dict()
+    r0 = spawn(_run_sharded, 4)[0]
+    for name in ("zero1", "fsdp"):
+        _assert_close(r0[name], reference)
+
+
 def test_dist_section_validates_with_one_line_errors():
     cases = {
         ("dist=fsdq",): "dist.strategy",
