@@ -61,6 +61,7 @@ import torch.distributed as dist
 from torch import nn
 
 from trainlab.config import ConfigError
+from trainlab.dist import compression, diloco
 from trainlab.dist.comm import CommMeter, tensor_bytes
 from trainlab.dist.env import DistEnv
 from trainlab.registry import Registry
@@ -85,6 +86,7 @@ class Strategy:
     local_loss = False
     lockstep_forward = False  # the model's forward is a collective (fsdp): equal call counts on every process
     per_rank_state = False  # checkpoint every rank's model/optimizer (processes hold different weights)
+    consolidated_state = False  # model/optimizer state is gathered from shards to rank 0 (a collective)
 
     def __init__(self, options: Any, env: DistEnv) -> None:
         self.options, self.env = options, env
@@ -241,11 +243,7 @@ class DDPStrategy(Strategy):
 
 
 def build_compression_hook(options: Any, meter: CommMeter, model: nn.Module) -> Any:
-    """The DGC or PowerSGD hook object of :mod:`trainlab.dist.compression` (imported only when asked for)."""
-    try:
-        from trainlab.dist import compression
-    except ImportError as err:
-        raise ConfigError("dist.compression", f"trainlab.dist.compression is not available: {err}") from None
+    """The DGC or PowerSGD hook object of :mod:`trainlab.dist.compression`."""
     o = options
     if o.compression == "dgc":
         return compression.DGCHook(o.dgc_density, o.dgc_momentum, nesterov=o.dgc_nesterov, clip_norm=o.dgc_clip,
@@ -259,6 +257,7 @@ def build_compression_hook(options: Any, meter: CommMeter, model: nn.Module) -> 
                                       "by parameter; updated parameters broadcast)")
 class Zero1Strategy(DDPStrategy):
     name = "zero1"
+    consolidated_state = True
 
     @property
     def active(self) -> bool:
@@ -371,6 +370,7 @@ def fsdp_step_payload(model: nn.Module, world_size: int, reshard_after_forward: 
 class FSDPStrategy(Strategy):
     name = "fsdp"
     lockstep_forward = True
+    consolidated_state = True
 
     def prepare(self, model: nn.Module) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
@@ -431,22 +431,16 @@ class _DiLoCoBase(Strategy):
     local_loss = True
     per_rank_state = True
 
-    def make(self, model: nn.Module) -> Any:
-        raise NotImplementedError
-
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
         self.ensure_group()
         if self.options.compression != "none":  # config refuses it already; a RunConfig built by hand too
             raise ConfigError("dist.compression", f"is a DDP hook; {self.name} sends no gradients")
-        try:
-            from trainlab.dist import diloco
-        except ImportError as err:
-            raise ConfigError("dist.strategy", f"trainlab.dist.diloco is not available: {err}") from None
         self.model = model
-        self.impl = self.make_with(diloco, model)
+        self.impl = self.make(model)
         return model
 
-    def make_with(self, module: Any, model: nn.Module) -> Any:
+    def make(self, model: nn.Module) -> Any:
+        """The outer-loop object of :mod:`trainlab.dist.diloco` for ``model``."""
         raise NotImplementedError
 
     def after_step(self, step: int) -> None:
@@ -480,9 +474,9 @@ class _DiLoCoBase(Strategy):
 class DiLoCoStrategy(_DiLoCoBase):
     name = "diloco"
 
-    def make_with(self, module: Any, model: nn.Module) -> Any:
+    def make(self, model: nn.Module) -> Any:
         o = self.options
-        return module.DiLoCo(model, inner_steps=o.inner_steps, outer_lr=o.outer_lr, outer_momentum=o.outer_momentum,
+        return diloco.DiLoCo(model, inner_steps=o.inner_steps, outer_lr=o.outer_lr, outer_momentum=o.outer_momentum,
                              nesterov=o.nesterov, meter=self.meter)
 
 
@@ -492,9 +486,9 @@ class DiLoCoStrategy(_DiLoCoBase):
 class StreamingDiLoCoStrategy(_DiLoCoBase):
     name = "streaming_diloco"
 
-    def make_with(self, module: Any, model: nn.Module) -> Any:
+    def make(self, model: nn.Module) -> Any:
         o = self.options
-        return module.StreamingDiLoCo(model, inner_steps=o.inner_steps, fragments=o.fragments, overlap=o.overlap,
+        return diloco.StreamingDiLoCo(model, inner_steps=o.inner_steps, fragments=o.fragments, overlap=o.overlap,
                                       alpha=o.alpha, quant_bits=o.quant_bits or None, outer_lr=o.outer_lr,
                                       outer_momentum=o.outer_momentum, nesterov=o.nesterov, meter=self.meter)
 
