@@ -35,6 +35,7 @@ from trainlab import models, optim, schedules, workloads
 from trainlab.config import ConfigError
 from trainlab.dist import strategy as strategies
 from trainlab.dist.env import DistEnv
+from trainlab.dist.strategy import STRATEGIES
 from trainlab.train import state as ckpt
 from trainlab.train.config import RunConfig
 from trainlab.train.data import BatchSampler
@@ -275,7 +276,7 @@ def current_lr(p: Parts) -> float:
 
 def needs_all_ranks(p: Parts) -> bool:
     """Whether building a checkpoint is collective (sharded or per-process state): every rank must call it."""
-    return p.strategy.world_size > 1 and (p.strategy.per_rank_state or p.strategy.name in ("zero1", "fsdp"))
+    return p.strategy.world_size > 1 and (p.strategy.per_rank_state or p.strategy.consolidated_state)
 
 
 def checkpoint_payload(p: Parts, wall: float) -> dict[str, Any]:
@@ -300,10 +301,20 @@ def checkpoint_payload(p: Parts, wall: float) -> dict[str, Any]:
     return payload
 
 
+def save_checkpoint(p: Parts, rd: RunDir, wall: float) -> None:
+    """Write the checkpoint of step ``p.step``. Call it on every rank: the ranks that must take part in building
+    it (:func:`needs_all_ranks`) do, and only the main process writes."""
+    if p.env.is_main or needs_all_ranks(p):
+        payload = checkpoint_payload(p, wall)
+        if p.env.is_main:
+            ckpt.save(rd.checkpoints, p.step, payload)
+
+
 def restore(p: Parts, payload: dict[str, Any]) -> None:
     s = p.strategy
     saved_name = payload.get("strategy_name")
-    if saved_name is not None and saved_name != s.name and {saved_name, s.name} & {"zero1", "fsdp"}:
+    consolidated = {e.name for e in STRATEGIES if e.factory.consolidated_state}  # checkpoints of gathered shards
+    if saved_name is not None and saved_name != s.name and {saved_name, s.name} & consolidated:
         raise ckpt.CheckpointError(f"checkpoint was written by dist.strategy={saved_name}; cannot resume it "
                                    f"with {s.name}")
     local = payload
@@ -391,10 +402,8 @@ def train_loop(p: Parts, rd: RunDir, progress: Progress, stop: StopFlag,
                 ending = end_of_run(p, row, new_events, boundary)
                 if ending:
                     return ending
-            if (saving or stopping) and (p.env.is_main or needs_all_ranks(p)):
-                payload = checkpoint_payload(p, time.perf_counter() - wall0)
-                if p.env.is_main:
-                    ckpt.save(rd.checkpoints, p.step, payload)
+            if saving or stopping:
+                save_checkpoint(p, rd, time.perf_counter() - wall0)
             if stopping:
                 return "interrupted"
             t_seg = time.perf_counter()

@@ -15,8 +15,7 @@ from trainlab.config import ConfigError
 from trainlab.dist import env as dist_env
 from trainlab.train import state as ckpt
 from trainlab.train.config import RESUMABLE_KEYS, RunConfig, for_resume, from_cli
-from trainlab.train.loop import (Parts, StopFlag, build_parts, checkpoint_payload, needs_all_ranks, output_dir, restore,
-                                 train_loop)
+from trainlab.train.loop import Parts, StopFlag, build_parts, output_dir, restore, save_checkpoint, train_loop
 from trainlab.train.progress import Progress
 from trainlab.train.rundir import RunDir, versions
 
@@ -173,10 +172,8 @@ def _train(parts: Parts, cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool
     with stop.installed(), _flush_subnormals(env.device):
         status = train_loop(parts, rd, progress, stop, on_eval, on_events)
     progress.close()
-    if status in ("completed", "reached_target", "out_of_time") and (env.is_main or needs_all_ranks(parts)):
-        payload = checkpoint_payload(parts, parts.wall_offset + time.perf_counter() - started)
-        if env.is_main:
-            ckpt.save(rd.checkpoints, parts.step, payload)
+    if status in ("completed", "reached_target", "out_of_time"):
+        save_checkpoint(parts, rd, parts.wall_offset + time.perf_counter() - started)
     if env.is_main:
         summary = _summary(parts, rd, status, command, env)
         rd.write_json("summary.json", summary)
