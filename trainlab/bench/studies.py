@@ -716,24 +716,26 @@ def _color(i: int) -> str:
 
 
 def _figure(panels: int) -> tuple[Any, list[Any]]:
+    """One row of ``panels`` axes in the report's style (:func:`trainlab.report.plots._new_figure` makes one)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.6 * panels, 3.8), dpi=110)
+    from trainlab.report.plots import DPI, _style_axes
+
+    fig = Figure(figsize=(4.6 * panels, 3.8), dpi=DPI)
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
     for ax in axes:
-        ax.grid(True, which="major", color="#e5e5e5", lw=0.8)
-        ax.set_axisbelow(True)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+        _style_axes(ax)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.3)
     return fig, axes
 
 
 def _save_figure(fig: Any, file: Path) -> None:
+    from trainlab.report.plots import _save
+
     file.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(file, format="png", facecolor="white", metadata={"Software": None})
+    _save(fig, file)
 
 
 def write_report(out_dir: str | Path) -> StudyResult:

@@ -246,11 +246,16 @@ def _new_figure() -> tuple[Figure, Any]:
     FigureCanvasAgg(fig)
     fig.subplots_adjust(left=0.09, right=0.97, bottom=0.12, top=0.9)
     ax = fig.add_subplot()
+    _style_axes(ax)
+    return fig, ax
+
+
+def _style_axes(ax: Any) -> None:
+    """The house style: light major grid behind the data, no top or right spine."""
     ax.grid(True, which="major", color="#e5e5e5", lw=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    return fig, ax
 
 
 def _fit_legend(fig: Figure, legend) -> None:
