@@ -10,7 +10,7 @@ Reproduces, at small scale, the communication claims of the papers (issue 6; ../
 Every arm is one ``torchrun --standalone --nproc_per_node=N -m trainlab run ...`` on the character-level
 transformer LM (stdlib docstrings, built at run time), with the same seed, data and step budget; only
 ``dist.*`` (and, for DGC, where the momentum lives) changes. The bytes are what trainlab's byte meter records:
-the payload each process hands to collectives (``trainlab.dist.comm``), from ``summary.json``. The table gives
+the payload each process hands to collectives (``trainlab.distributed.comm``), from ``summary.json``. The table gives
 the final validation loss, total bytes per process, and the reduction against the DDP arm with the same
 optimizer.
 

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 import trainlab
 from trainlab import models, workloads
-from trainlab.dist.env import DistEnv
+from trainlab.distributed.env import DistEnv
 from trainlab.train.config import RunConfig, parse_overrides, resolve
 from trainlab.train.loop import build_parts, input_kind_for, train_step
 

@@ -21,7 +21,7 @@ def run(*args: Any, **kwargs: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:  # lazy subpackages keep `import trainlab` and `trainlab --version` fast
-    if name in {"optim", "workloads", "models", "schedules", "train", "report", "dist", "config"}:
+    if name in {"optim", "workloads", "models", "schedules", "train", "report", "distributed", "config"}:
         import importlib
 
         return importlib.import_module(f"trainlab.{name}")

@@ -336,7 +336,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
                 print(f"{'':<{width}}  paper: {entry.meta['paper']}")
         return 0
     if ns.what == "strategies":
-        from trainlab.dist.strategy import STRATEGIES
+        from trainlab.distributed.strategy import STRATEGIES
         from trainlab.train.config import DistOptions
 
         width = max(len(e.name) for e in STRATEGIES)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import trainlab
-from trainlab.dist.env import DistEnv
+from trainlab.distributed.env import DistEnv
 from trainlab.train import loop
 from trainlab.train.config import parse_overrides, resolve
 from trainlab.train.progress import Progress

@@ -116,7 +116,7 @@ def test_bad_combinations_are_one_line_config_errors(tmp_path, args, key):
 
 
 def test_mup_gives_hidden_layers_a_smaller_lr(tmp_path):
-    from trainlab.dist.env import DistEnv
+    from trainlab.distributed.env import DistEnv
     from trainlab.train.config import from_cli
     from trainlab.train.loop import build_parts
 

@@ -13,7 +13,7 @@ YAML file, then ``key=value`` overrides from the command line. Rules:
   ``param`` (initialisation and parametrisation) and ``probes`` (which probes run, and when); e.g.
   ``loss.z_loss=1e-4``, ``param.init=orthogonal``, ``probes=weights,hessian probes.every=100``.
 - The ``dist`` section picks the distributed strategy and its options (``dist=fsdp`` is
-  ``dist.strategy=fsdp``; ``dist.inner_steps=100``); see :mod:`trainlab.dist.strategy`.
+  ``dist.strategy=fsdp``; ``dist.inner_steps=100``); see :mod:`trainlab.distributed.strategy`.
 - Unknown keys, wrong types and out-of-range values raise :class:`~trainlab.config.ConfigError`.
 """
 
@@ -129,7 +129,7 @@ class ProbeOptions:
 
 @dataclass(frozen=True)
 class DistOptions:
-    """How the processes of a ``torchrun`` launch train together (``dist=fsdp``; ``trainlab.dist.strategy``).
+    """How the processes of a ``torchrun`` launch train together (``dist=fsdp``; ``trainlab.distributed.strategy``).
 
     Without torchrun (one process) ``ddp`` is the plain single-process trainer; every other strategy runs its
     own code path on a one-process gloo group (sharding over one process is the identity; DiLoCo is its

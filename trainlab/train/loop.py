@@ -10,7 +10,7 @@ A checkpoint at ``s`` therefore holds the state *after* the evaluation row of ``
 run continues from there and does not repeat that row. Training time counts only the optimizer steps (and
 the batch selection and lr setting that belong to them), never evaluation, logging or checkpointing.
 
-Several processes (``torchrun``) train through a :class:`~trainlab.dist.strategy.Strategy` (``dist.strategy``):
+Several processes (``torchrun``) train through a :class:`~trainlab.distributed.strategy.Strategy` (``dist.strategy``):
 it shards or wraps the model, builds the optimizer, takes its turn after every optimizer step
 (``after_step``: DiLoCo's outer step), supplies the weights evaluation sees and the full state checkpoints
 hold; its byte meter adds ``comm_bytes`` (since the previous row), ``comm_bytes_step`` (the last step's) and
@@ -33,9 +33,9 @@ from torch import Tensor, nn
 
 from trainlab import models, optim, schedules, workloads
 from trainlab.config import ConfigError
-from trainlab.dist import strategy as strategies
-from trainlab.dist.env import DistEnv
-from trainlab.dist.strategy import STRATEGIES
+from trainlab.distributed import strategy as strategies
+from trainlab.distributed.env import DistEnv
+from trainlab.distributed.strategy import STRATEGIES
 from trainlab.train import state as ckpt
 from trainlab.train.config import RunConfig
 from trainlab.train.data import BatchSampler
@@ -253,7 +253,7 @@ def evaluate(p: Parts, wall: float) -> dict[str, Any]:
 
 
 def comm_columns(p: Parts) -> dict[str, int]:
-    """This process's payload bytes (see trainlab.dist.comm): since the previous row, last step, in total."""
+    """This process's payload bytes (see trainlab.distributed.comm): since the previous row, last step, in total."""
     meter = p.strategy.meter
     since = meter.total - p.extra.get("comm_row_total", 0)
     p.extra["comm_row_total"] = meter.total

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from trainlab.config import ConfigError
-from trainlab.dist import env as dist_env
+from trainlab.distributed import env as dist_env
 from trainlab.train import state as ckpt
 from trainlab.train.config import RESUMABLE_KEYS, RunConfig, for_resume, from_cli
 from trainlab.train.loop import Parts, StopFlag, build_parts, output_dir, restore, save_checkpoint, train_loop

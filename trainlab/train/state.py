@@ -13,7 +13,7 @@ Loading: the manifest's SHA-256 must match the file, and ``torch.load(weights_on
 but tensors and plain containers, so a truncated, corrupted or malicious file is reported, never loaded.
 
 Distributed runs write the same single file from rank 0. Sharded strategies (zero1, fsdp) first consolidate
-their state into full tensors (:mod:`trainlab.dist.strategy`); every process then loads this file and keeps
+their state into full tensors (:mod:`trainlab.distributed.strategy`); every process then loads this file and keeps
 its own part, which is why such a run can resume on another number of processes. PyTorch's sharded format
 (``torch.distributed.checkpoint``) is not used: its ``FileSystemReader.read_metadata`` unpickles the
 ``.metadata`` file (torch 2.13), and trainlab never unpickles files.

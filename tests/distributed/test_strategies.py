@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from dist_testing import spawn
+from distributed_testing import spawn
 from trainlab.config import ConfigError
-from trainlab.dist.env import DistEnv
+from trainlab.distributed.env import DistEnv
 from trainlab.train import loop
 from trainlab.train.config import from_cli
 
@@ -117,7 +117,7 @@ def test_ddp_zero1_fsdp_diloco_match_one_process_and_count_the_payload():
     for r in (r0, r1):
         assert r["zero1"]["by_kind"] == {"allreduce": STEPS * P, "param_broadcast": STEPS * r["zero1"]["owned"]}
     # fsdp: FSDP2's collectives (measured) equal the analytic payload of fsdp_step_payload
-    from trainlab.dist.strategy import fsdp_step_payload
+    from trainlab.distributed.strategy import fsdp_step_payload
 
     analytic = fsdp_step_payload(_parts([], DistEnv()).model, 2)
     for r in (r0, r1):

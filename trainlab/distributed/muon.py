@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from trainlab.dist.comm import CommMeter, tensor_bytes
+from trainlab.distributed.comm import CommMeter, tensor_bytes
 from trainlab.optim.muon import _DTYPES, Muon, matrix_shape, shape_scale
 from trainlab.optim.newton_schulz import orthogonalize
 
@@ -60,7 +60,7 @@ class DistributedMuon(Muon):
     """:class:`~trainlab.optim.muon.Muon` whose Newton–Schulz work is split over the processes of ``group``.
 
     Same arguments as ``Muon`` plus ``group`` (a process group; default: the world, or the DTensor mesh's group
-    for sharded parameters) and ``meter`` (a :class:`~trainlab.dist.comm.CommMeter` for the bytes it sends).
+    for sharded parameters) and ``meter`` (a :class:`~trainlab.distributed.comm.CommMeter` for the bytes it sends).
     """
 
     def __init__(self, params: Any, *, group: Any = None, meter: CommMeter | None = None, **hparams: Any) -> None:

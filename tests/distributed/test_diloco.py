@@ -19,10 +19,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dist_testing import spawn
-from trainlab.dist import quantize as qz
-from trainlab.dist.comm import CommMeter
-from trainlab.dist.diloco import DiLoCo, StreamingDiLoCo, layer_key, strided_fragments
+from distributed_testing import spawn
+from trainlab.distributed import quantize as qz
+from trainlab.distributed.comm import CommMeter
+from trainlab.distributed.diloco import DiLoCo, StreamingDiLoCo, layer_key, strided_fragments
 
 DIN, DOUT, BATCH = 4, 2, 5
 

@@ -8,7 +8,7 @@ its collectives synchronously in the hook body and returns an already-completed 
 the bucket's new buffer (``torch``'s own PowerSGD hook chains futures and was seen to crash or hang with more than
 one bucket on gloo; this form works).
 
-Byte accounting: ``hook.meter`` (:class:`~trainlab.dist.comm.CommMeter`) counts the payload this process hands to
+Byte accounting: ``hook.meter`` (:class:`~trainlab.distributed.comm.CommMeter`) counts the payload this process hands to
 collectives; ``hook.dense_bytes`` counts what a plain DDP all-reduce of the same buckets would have handed over,
 so ``hook.dense_bytes / hook.meter.total`` is the compression ratio (``hook.compression_ratio``).
 
@@ -78,7 +78,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from trainlab.dist.comm import CommMeter
+from trainlab.distributed.comm import CommMeter
 
 __all__ = ["DGCHook", "PowerSGDHook", "dgc_density", "DGC_WARMUP_DENSITIES"]
 
@@ -110,7 +110,7 @@ class _CompressionHook:
 
     def __init__(self, process_group: Any = None, meter: CommMeter | None = None) -> None:
         if meter is not None and not isinstance(meter, CommMeter):
-            raise ValueError(f"meter must be a trainlab.dist.comm.CommMeter, got {type(meter).__name__}")
+            raise ValueError(f"meter must be a trainlab.distributed.comm.CommMeter, got {type(meter).__name__}")
         self.process_group = process_group
         self._owns_meter = meter is None
         self.meter = CommMeter() if meter is None else meter

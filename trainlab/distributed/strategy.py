@@ -13,11 +13,11 @@ strategy through a handful of calls, in this order (:mod:`trainlab.train.loop`):
                 strategy.state_dict()                    # the byte meter, outer optimizer, hook state
 
 Strategies (papers; what is communicated, as *payload* bytes per optimizer step -- see
-:mod:`trainlab.dist.comm` for the convention; ``P`` = bytes of all trainable parameters, ``N`` processes):
+:mod:`trainlab.distributed.comm` for the convention; ``P`` = bytes of all trainable parameters, ``N`` processes):
 
 - ``ddp`` -- ``DistributedDataParallel``: gradients averaged by all-reduce. Payload ``P`` per step (the
   gradient buckets). With ``dist.compression=dgc|powersgd`` a DDP communication hook
-  (:mod:`trainlab.dist.compression`) replaces the all-reduce and counts what it sends itself.
+  (:mod:`trainlab.distributed.compression`) replaces the all-reduce and counts what it sends itself.
 - ``zero1`` -- ZeRO stage 1 (Rajbhandari et al. 2020, "ZeRO: Memory optimizations toward training trillion
   parameter models"): DDP for the gradients plus ``torch.distributed.optim.ZeroRedundancyOptimizer`` around
   the registry's optimizer, so each process keeps the optimizer state of its own partition of the
@@ -33,7 +33,7 @@ Strategies (papers; what is communicated, as *payload* bytes per optimizer step 
   all-gather too (counted). gloo runs the reduce-scatter as a full all-reduce, so on CPU FSDP moves more
   bytes than DDP.
 - ``diloco`` / ``streaming_diloco`` -- DiLoCo (Douillard et al. 2023) and Streaming DiLoCo (Douillard et al.
-  2025), :mod:`trainlab.dist.diloco`: no gradient all-reduce (each process trains on its own shard, the loss
+  2025), :mod:`trainlab.distributed.diloco`: no gradient all-reduce (each process trains on its own shard, the loss
   is its local mean); every ``H`` inner steps the pseudo-gradients are averaged and an outer Nesterov step
   is taken. They count their own bytes.
 
@@ -61,9 +61,9 @@ import torch.distributed as dist
 from torch import nn
 
 from trainlab.config import ConfigError
-from trainlab.dist import compression, diloco
-from trainlab.dist.comm import CommMeter, tensor_bytes
-from trainlab.dist.env import DistEnv
+from trainlab.distributed import compression, diloco
+from trainlab.distributed.comm import CommMeter, tensor_bytes
+from trainlab.distributed.env import DistEnv
 from trainlab.registry import Registry
 
 STRATEGIES: Registry[type] = Registry("strategy")
@@ -79,7 +79,7 @@ class Strategy:
 
     Attributes: ``local_loss`` -- the loss is each process's local mean (no gradient averaging) instead of the
     global-batch mean; ``active`` -- a process group is in use and bytes are reported; ``meter`` -- the
-    :class:`~trainlab.dist.comm.CommMeter` every byte goes through.
+    :class:`~trainlab.distributed.comm.CommMeter` every byte goes through.
     """
 
     name = "single"
@@ -193,7 +193,7 @@ class DDPStrategy(Strategy):
     def build_optimizer(self, name: str, params: Any, kwargs: dict[str, Any]) -> torch.optim.Optimizer:
         optimizer = super().build_optimizer(name, params, kwargs)
         if self.env.distributed and self.options.distributed_muon and _muon(optimizer):
-            from trainlab.dist.muon import DistributedMuon
+            from trainlab.distributed.muon import DistributedMuon
 
             optimizer = DistributedMuon.from_muon(optimizer, meter=self.meter)
         return optimizer
@@ -243,7 +243,7 @@ class DDPStrategy(Strategy):
 
 
 def build_compression_hook(options: Any, meter: CommMeter, model: nn.Module) -> Any:
-    """The DGC or PowerSGD hook object of :mod:`trainlab.dist.compression`."""
+    """The DGC or PowerSGD hook object of :mod:`trainlab.distributed.compression`."""
     o = options
     if o.compression == "dgc":
         return compression.DGCHook(o.dgc_density, o.dgc_momentum, nesterov=o.dgc_nesterov, clip_norm=o.dgc_clip,
@@ -396,7 +396,7 @@ class FSDPStrategy(Strategy):
             if not self.options.distributed_muon:
                 raise ConfigError("dist.distributed_muon", "fsdp shards every matrix; Muon needs whole matrices, "
                                                            "so it must run distributed (set it to true)")
-            from trainlab.dist.muon import DistributedMuon
+            from trainlab.distributed.muon import DistributedMuon
 
             optimizer = DistributedMuon.from_muon(optimizer, meter=self.meter)
         return optimizer
@@ -440,7 +440,7 @@ class _DiLoCoBase(Strategy):
         return model
 
     def make(self, model: nn.Module) -> Any:
-        """The outer-loop object of :mod:`trainlab.dist.diloco` for ``model``."""
+        """The outer-loop object of :mod:`trainlab.distributed.diloco` for ``model``."""
         raise NotImplementedError
 
     def after_step(self, step: int) -> None:

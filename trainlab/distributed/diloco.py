@@ -16,7 +16,7 @@ layers (layer ``i`` goes to fragment ``i mod P``); fragment ``p`` is synchronise
 asynchronous collective), and ``τ = overlap`` steps later the worker blocks on it, steps the fragment's
 global parameters with the outer optimizer and merges them into its local ones,
 ``θ_m,p ← α θ_m,p + (1 − α) θ_g,p`` (α = 0 replaces the local fragment). Outer gradients may be quantised
-(``quant_bits`` 8 or 4; :mod:`trainlab.dist.quantize`); quantised codes cannot be summed, so workers
+(``quant_bits`` 8 or 4; :mod:`trainlab.distributed.quantize`); quantised codes cannot be summed, so workers
 all-gather codes and scales and average the dequantised values in fp32.
 
 Usage (the model is a plain module, *not* DDP-wrapped; each rank feeds it its own shard)::
@@ -47,7 +47,7 @@ Conventions and decisions (documented deviations):
 - Streaming schedule: fragment p's offset is ``floor(p H / P)`` (fragment 0 at H, 2H, ...; fragment p first at
   ``t_p``, so its first outer gradient covers ``t_p`` steps); torchft uses ``floor((p + 1) H / P)``. We require
   ``τ P < H`` (exchanges of successive fragments do not pile up); the update rule itself only needs τ < H.
-- Quantisation: block-wise signed integers with fp32 scales (:mod:`trainlab.dist.quantize`), not the paper's
+- Quantisation: block-wise signed integers with fp32 scales (:mod:`trainlab.distributed.quantize`), not the paper's
   4-bit floats (E3M0); the averaging is in fp32 as in the paper.
 - α defaults to 0.5 (a middle mix); α = 0 is plain replacement (torchft's only supported value).
 - No broadcast at construction (it would clobber local weights restored from a checkpoint): every rank must
@@ -64,8 +64,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from trainlab.dist import quantize as qz
-from trainlab.dist.comm import CommMeter, tensor_bytes
+from trainlab.distributed import quantize as qz
+from trainlab.distributed.comm import CommMeter, tensor_bytes
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from trainlab.dist.comm import CommMeter, ring_allreduce_wire_bytes, tensor_bytes
+from trainlab.distributed.comm import CommMeter, ring_allreduce_wire_bytes, tensor_bytes
 
 
 def test_tensor_bytes_counts_element_size():
@@ -30,7 +30,7 @@ def test_ring_allreduce_wire_bytes():
 
 def test_list_strategies_names_every_registered_strategy_and_its_options(capsys):
     from trainlab.cli import main
-    from trainlab.dist.strategy import STRATEGIES
+    from trainlab.distributed.strategy import STRATEGIES
 
     assert main(["list", "strategies", "--options"]) == 0
     out = capsys.readouterr().out

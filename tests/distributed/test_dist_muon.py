@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from dist_testing import spawn
-from trainlab.dist.comm import CommMeter
-from trainlab.dist.env import DistEnv
-from trainlab.dist.muon import DistributedMuon, owners
+from distributed_testing import spawn
+from trainlab.distributed.comm import CommMeter
+from trainlab.distributed.env import DistEnv
+from trainlab.distributed.muon import DistributedMuon, owners
 from trainlab.optim.muon import Muon
 from trainlab.train import loop
 from trainlab.train.config import from_cli

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dist_testing import spawn
-from trainlab.dist.env import DistEnv
+from distributed_testing import spawn
+from trainlab.distributed.env import DistEnv
 from trainlab.train import loop
 from trainlab.train import state as ckpt
 from trainlab.train.config import from_cli

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dist_testing import spawn
-from trainlab.dist.compression import DGC_WARMUP_DENSITIES, DGCHook, PowerSGDHook, dgc_density
+from distributed_testing import spawn
+from trainlab.distributed.compression import DGC_WARMUP_DENSITIES, DGCHook, PowerSGDHook, dgc_density
 
 STEPS = 6
 SNAPSHOT = 3

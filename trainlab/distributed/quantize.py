@@ -1,6 +1,6 @@
 """Block-wise symmetric integer quantisation of outer gradients (8- and 4-bit), in plain torch.
 
-Used by :class:`trainlab.dist.diloco.StreamingDiLoCo` to shrink what workers exchange. Streaming DiLoCo
+Used by :class:`trainlab.distributed.diloco.StreamingDiLoCo` to shrink what workers exchange. Streaming DiLoCo
 (Douillard et al. 2025, "Streaming DiLoCo with overlapping communication: Towards a Distributed Free Lunch",
 arXiv:2501.18512) sends outer gradients in 4 bits and accumulates them in fp32. The paper's 4-bit format is a
 float (E3M0); here it is a **signed integer grid with one fp32 scale per block** (a deviation, chosen because

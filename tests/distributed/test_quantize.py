@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainlab.dist import quantize as qz
+from trainlab.distributed import quantize as qz
 
 
 @pytest.mark.parametrize("bits", [8, 4])

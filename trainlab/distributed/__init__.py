@@ -5,6 +5,6 @@ comm.py (the byte meter), muon.py (distributed Muon), diloco.py, compression.py 
 quantize.py.
 """
 
-from trainlab.dist.env import DistEnv, setup
+from trainlab.distributed.env import DistEnv, setup
 
 __all__ = ["DistEnv", "setup"]

@@ -3,7 +3,7 @@
 ``trainlab run`` launched under ``torchrun --nproc_per_node=N`` sees ``WORLD_SIZE=N`` and trains with
 DistributedDataParallel: each process takes its slice of every global batch, gradients are averaged by DDP,
 and only rank 0 writes the run directory. Without torchrun everything here is a no-op. Which strategy trains
-(DDP, ZeRO, FSDP, DiLoCo) is :mod:`trainlab.dist.strategy`'s business; :meth:`DistEnv.wrap` is plain DDP.
+(DDP, ZeRO, FSDP, DiLoCo) is :mod:`trainlab.distributed.strategy`'s business; :meth:`DistEnv.wrap` is plain DDP.
 """
 
 from __future__ import annotations
