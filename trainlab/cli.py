@@ -527,21 +527,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from trainlab.bench.runner import BenchError
-    from trainlab.config import ConfigError
-    from trainlab.registry import UnknownNameError
-    from trainlab.train.run import RunError
-    from trainlab.train.state import CheckpointError
-    from trainlab.workloads.base import DataError
+    from trainlab.errors import UserError, one_line
 
     handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "law": cmd_law, "bench": cmd_bench,
                 "bench-study": lambda ns: cmd_bench_study(ns.study, ns)}
     try:
         return handlers[ns.command](ns)
-    except (ConfigError, UnknownNameError) as err:
-        print(f"trainlab: config error: {err}", file=sys.stderr)
-    except (RunError, CheckpointError, DataError, BenchError) as err:
-        print(f"trainlab: error: {err}", file=sys.stderr)
+    except UserError as err:  # every mistake a user can fix: one line, exit 2 (anything else is a bug)
+        print(f"trainlab: {err.kind}: {one_line(err)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("trainlab: aborted", file=sys.stderr)
         return 130

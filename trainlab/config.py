@@ -17,19 +17,11 @@ import math
 import types
 import typing
 from typing import Any, Literal, Mapping, Union, get_args, get_origin
+from trainlab.errors import ConfigError  # noqa: F401  (defined there; imported from here too)
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _NONE = {"none", "null", "~", ""}
-
-
-class ConfigError(ValueError):
-    """A user's configuration mistake: ``key`` is the dotted key, the message says what is allowed."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        self.message = message
-        super().__init__(f"{key}: {message}" if key else message)
 
 
 def option(

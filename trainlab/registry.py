@@ -11,15 +11,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
+from trainlab.errors import UnknownNameError  # noqa: F401  (defined there; imported from here too)
 
 T = TypeVar("T")
-
-
-class UnknownNameError(KeyError):
-    """Raised for a name no registry entry has; the message lists what is allowed."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

@@ -42,14 +42,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 from trainlab.bench.timing import TrialScore, finished, score_run
 from trainlab.train.state import atomic_write_text
+from trainlab.errors import BenchError  # noqa: F401  (defined there; imported from here too)
 
 RESULTS_FILE = "results.jsonl"
 TRIALS_DIR = "trials"
 BACKENDS = ("process", "ray")
-
-
-class BenchError(RuntimeError):
-    """A bench cannot run for a reason the user can fix (the message says which)."""
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,7 @@ from trainlab.train.config import RESUMABLE_KEYS, RunConfig, for_resume, from_cl
 from trainlab.train.loop import Parts, StopFlag, build_parts, output_dir, restore, save_checkpoint, train_loop
 from trainlab.train.progress import Progress
 from trainlab.train.rundir import RunDir, versions
-
-
-class RunError(RuntimeError):
-    """A run cannot start or continue for a reason the user can fix (message says which)."""
+from trainlab.errors import RunError  # noqa: F401  (defined there; imported from here too)
 
 
 def run(

@@ -30,15 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from trainlab.errors import CheckpointError  # noqa: F401  (defined there; imported from here too)
 
 FORMAT_VERSION = 1
 KEEP = 2
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupted or of an unknown format."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

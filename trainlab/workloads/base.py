@@ -22,13 +22,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from trainlab.errors import DataError  # noqa: F401  (defined there; imported from here too)
 
 InputKind = Literal["vector", "signal", "image", "tokens"]
 Task = Literal["classification", "regression", "lm"]
-
-
-class DataError(ValueError):
-    """Data a workload needs is missing or malformed (the message says where it was looked for)."""
 
 
 @dataclass(frozen=True)
