@@ -56,3 +56,46 @@ def spawn(fn: Callable, world_size: int = 2, args: Sequence[Any] = (), timeout: 
             detail = "\n".join(e.read_text() for e in errors)
             raise AssertionError(f"{err}\n{detail}") from None
         return [torch.load(os.path.join(root, f"result{r}.pt"), weights_only=True) for r in range(world_size)]
+
+
+class Stepper:
+    """A :class:`~trainlab.train.training.Training` and its :class:`~trainlab.train.state.TrainState`, stepped
+    by the loop's own ``train_step``: the trainer's path without the loop's evaluation and logging around it.
+    Attributes other than those below are the Training's (``model``, ``optimizer``, ``strategy``, ``net``, ...)."""
+
+    def __init__(self, overrides: Sequence[str], env: Any) -> None:
+        from trainlab.train.config import from_cli
+        from trainlab.train.state import TrainState
+        from trainlab.train.training import build_training
+
+        self.training = build_training(from_cli(None, list(overrides)), env)
+        self.state = TrainState.fresh(self.training)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.training, name)
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    def train(self, n: int) -> "Stepper":
+        from trainlab.train.loop import train_step
+
+        for _ in range(n):
+            train_step(self.training, self.state)
+        return self
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        from trainlab.train.state import checkpoint_payload
+
+        return checkpoint_payload(self.training, self.state, 0.0)
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        from trainlab.train.state import restore
+
+        self.state = restore(self.training, payload)
+
+    def evaluate(self) -> dict[str, Any]:
+        from trainlab.train.evaluation import evaluate
+
+        return evaluate(self.training, self.state, 0.0)

@@ -10,13 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from distributed_testing import spawn
+from distributed_testing import Stepper, spawn
 from trainlab.distributed.comm import CommMeter
 from trainlab.distributed.env import DistEnv
 from trainlab.distributed.muon import DistributedMuon, owners
 from trainlab.optim.muon import Muon
-from trainlab.train import loop
-from trainlab.train.config import from_cli
 
 SHAPES = [(7, 5), (4, 4), (4, 4), (3, 6), (9, 2, 2)]  # the last: a conv-like (out, in, k) weight
 STEPS = 3
@@ -91,9 +89,7 @@ def _run(rank, world):
     # the trainer with optimizer=muon under each strategy, against the one-process trainer
     env = DistEnv(rank=rank, world_size=world)
     for name in ("ddp", "zero1", "fsdp"):
-        parts = loop.build_parts(from_cli(None, [*TRAINER, f"dist={name}"]), env)
-        for s in range(STEPS):
-            loop.train_step(parts, s)
+        parts = Stepper([*TRAINER, f"dist={name}"], env).train(STEPS)
         out[f"trainer_{name}"] = parts.strategy.model_state(parts.model)
         out[f"trainer_{name}_type"] = type(parts.optimizer).__name__
     return out
@@ -102,9 +98,7 @@ def _run(rank, world):
 @pytest.mark.slow
 def test_distributed_muon_matches_single_process_muon():
     reference = _reference()
-    parts = loop.build_parts(from_cli(None, TRAINER), DistEnv())
-    for s in range(STEPS):
-        loop.train_step(parts, s)
+    parts = Stepper(TRAINER, DistEnv()).train(STEPS)
     trainer_ref = parts.model.state_dict()
     r0, r1 = spawn(_run, 2)
     for r in (r0, r1):

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed_testing import spawn
+from distributed_testing import Stepper, spawn
 from trainlab.distributed.env import DistEnv
-from trainlab.train import loop
-from trainlab.train import state as ckpt
-from trainlab.train.config import from_cli
+from trainlab.train import checkpoint_io as ckpt
 
 BASE = ["workload.p=13", "model.width=16", "batch_size=40", "dtype=float64", "steps=50", "trace=false",
         "optimizer.weight_decay=0.1"]
@@ -24,23 +22,22 @@ DILOCO = ["dist=diloco", "dist.inner_steps=2"]
 
 
 def _parts(args, env):
-    return loop.build_parts(from_cli(None, [*BASE, *args]), env)
+    return Stepper([*BASE, *args], env)
 
 
 def _steps(parts, start, n):
-    for s in range(start, start + n):
-        loop.train_step(parts, s)
-        parts.step = s + 1
+    assert parts.step == start
+    parts.train(n)
 
 
 def _save(parts, directory, rank):
-    payload = loop.checkpoint_payload(parts, 0.0)  # collective for sharded strategies
+    payload = parts.checkpoint_payload()  # collective for sharded strategies
     if rank == 0:
         ckpt.save(Path(directory), parts.step, payload)
 
 
 def _resume(parts, directory):
-    loop.restore(parts, ckpt.load(Path(directory)))
+    parts.restore(ckpt.load(Path(directory)))
 
 
 def _two_processes(rank, world, root):
@@ -97,7 +94,7 @@ def test_sharded_checkpoints_resume_on_another_process_count(tmp_path):
         assert payload["world_size"] == 2 and payload["strategy_name"] == name
         parts = _parts([f"dist={name}"], DistEnv())
         try:
-            loop.restore(parts, payload)
+            parts.restore(payload)
             _steps(parts, 3, 3)
             _close(parts.strategy.model_state(parts.model), single_final[name])
         finally:
@@ -110,6 +107,6 @@ def test_sharded_checkpoints_resume_on_another_process_count(tmp_path):
     parts = _parts(DILOCO, DistEnv())
     try:
         with pytest.raises(ckpt.CheckpointError, match="torchrun --nproc_per_node=2"):
-            loop.restore(parts, ckpt.load(tmp_path / "diloco-2"))
+            parts.restore(ckpt.load(tmp_path / "diloco-2"))
     finally:
         parts.strategy.finish()

@@ -1,7 +1,7 @@
 """Distributed strategies in the trainer: each matches single-process training (float64), bytes are the payload.
 
 The reference is trainlab's single-process trainer (no process group); two gloo processes on loopback train the
-same configuration through ``build_parts``/``train_step`` with ``dist.strategy=X``. One spawn runs every
+same configuration through ``build_training``/``train_step`` with ``dist.strategy=X``. One spawn runs every
 strategy (a process costs seconds to start).
 """
 
@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from distributed_testing import spawn
+from distributed_testing import Stepper, spawn
 from trainlab.config import ConfigError
 from trainlab.distributed.env import DistEnv
-from trainlab.train import loop
 from trainlab.train.config import from_cli
 
 BASE = ["workload.p=13", "model.width=16", "batch_size=40", "dtype=float64", "steps=50", "trace=false"]
@@ -20,14 +19,11 @@ STEPS = 4
 
 
 def _parts(strategy_args, env):
-    return loop.build_parts(from_cli(None, [*BASE, *strategy_args]), env)
+    return Stepper([*BASE, *strategy_args], env)
 
 
 def _train(parts, steps=STEPS):
-    for s in range(steps):
-        loop.train_step(parts, s)
-        parts.step = s + 1
-    return parts
+    return parts.train(steps)
 
 
 def _full_state(parts):
@@ -84,7 +80,7 @@ def _run_strategies(rank, world):
     local = _full_state(parts)
     with parts.strategy.eval_weights():
         global_ = _full_state(parts)
-    row = loop.evaluate(parts, 0.0)
+    row = parts.evaluate()
     parts.strategy.finish()
     out["streaming"] = {"by_kind": dict(parts.strategy.meter.by_kind), "row": row,
                         "differs": any(not torch.equal(local[k], global_[k]) for k in local),
@@ -185,7 +181,7 @@ def test_dist_section_is_saved_and_one_process_behaviour(tmp_path):
         _parts(["dist.compression=powersgd"], DistEnv())
     # ZeroRedundancyOptimizer would silently drop a schedule-free optimizer's train/eval switch: refused, and the
     # one-process group made for the run is gone again
-    with pytest.raises(ConfigError, match="optimizer: adamw_schedulefree switches between train and eval weights"):
+    with pytest.raises(ConfigError, match=r"optimizer: adamw_schedulefree offers train\(\)/eval\(\)"):
         _parts(["dist=zero1", "optimizer=adamw_schedulefree"], DistEnv())
     assert not dist.is_initialized()
 

@@ -11,7 +11,7 @@ import torch
 
 import trainlab
 from trainlab import optim
-from trainlab.train import loop
+from trainlab.train import evaluation
 
 NAMES = {"adamw_schedulefree": schedulefree.AdamWScheduleFree, "sgd_schedulefree": schedulefree.SGDScheduleFree,
          "radam_schedulefree": schedulefree.RAdamScheduleFree}
@@ -105,13 +105,13 @@ def test_state_dict_round_trip_continues_identically():
 
 def test_trainer_steps_in_train_mode_and_evaluates_in_eval_mode(tmp_path, monkeypatch):
     modes = []
-    real = loop.evaluate_split
+    real = evaluation.evaluate_split
 
-    def recording(p, x, y, chunk=1024):
-        modes.append(p.optimizer.param_groups[0]["train_mode"])
-        return real(p, x, y, chunk)
+    def recording(t, x, y, chunk=1024):
+        modes.append(t.optimizer.param_groups[0]["train_mode"])
+        return real(t, x, y, chunk)
 
-    monkeypatch.setattr(loop, "evaluate_split", recording)
+    monkeypatch.setattr(evaluation, "evaluate_split", recording)
     run_dir = trainlab.run(None, ["workload.p=23", "steps=40", "eval_every=20", "model.width=32",
                                   "optimizer=adamw_schedulefree", "optimizer.lr=1e-2"],
                            out=tmp_path / "r", quiet=True, report=False)

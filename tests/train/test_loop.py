@@ -14,6 +14,9 @@ from trainlab.train import loop
 from trainlab.train.config import parse_overrides, resolve
 from trainlab.train.progress import Progress
 from trainlab.train.rundir import RunDir
+from trainlab.train.runlog import RunLog
+from trainlab.train.state import TrainState
+from trainlab.train.training import build_training
 from trainlab.workloads.regression import saxe_loss_curve
 
 TINY = ["workload.p=23", "steps=60", "eval_every=20", "model.width=64", "optimizer.lr=1e-2"]
@@ -45,9 +48,9 @@ def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
 def test_evaluation_time_is_excluded(tmp_path, monkeypatch):
     real = loop.evaluate
 
-    def slow_evaluate(p, wall):
+    def slow_evaluate(t, s, wall):
         time.sleep(0.3)
-        return real(p, wall)
+        return real(t, s, wall)
 
     monkeypatch.setattr(loop, "evaluate", slow_evaluate)
     run_dir = trainlab.run(None, TINY, out=tmp_path / "run", quiet=True, report=False)
@@ -82,7 +85,7 @@ def test_minibatch_grad_clip_and_schedule(tmp_path):
                                   "eval_every=20", "batch_size=32", "grad_clip=0.5", "schedule=cosine",
                                   "schedule.warmup=5"], out=tmp_path / "run", quiet=True, report=False)
     metrics = rows(run_dir)
-    assert metrics[0]["lr"] == pytest.approx(3e-3 / 5) and "grad_norm" in metrics[-1]
+    assert metrics[0]["lr"] == pytest.approx(1e-3 / 5) and "grad_norm" in metrics[-1]  # AdamW's default lr
     assert metrics[-1]["lr"] < metrics[1]["lr"]
 
 
@@ -98,16 +101,17 @@ def test_deep_linear_learning_curve_matches_saxe(tmp_path):
     a0, lr, steps = 0.01, 0.01, 700
     cfg = resolve([parse_overrides(["workload=deep_linear", "optimizer=sgd", f"optimizer.lr={lr}",
                                     f"steps={steps}", "eval_every=25"])])
-    parts = loop.build_parts(cfg, DistEnv())
-    u, s, v = (t.float() for t in parts.workload.teacher())
+    t = build_training(cfg, DistEnv())
+    u, s, v = (m.float() for m in t.workload.teacher())
     r = torch.eye(16)[:, : len(s)]
     with torch.no_grad():
-        parts.model.body.fc0.weight.copy_(math.sqrt(a0) * r @ v.T)
-        parts.model.head.weight.copy_(math.sqrt(a0) * u @ r.T)
-    logged = []
-    status = loop.train_loop(parts, RunDir(tmp_path), Progress(steps, quiet=True),
-                             loop.StopFlag(), logged.append, lambda events: None)
+        t.model.body.fc0.weight.copy_(math.sqrt(a0) * r @ v.T)
+        t.model.head.weight.copy_(math.sqrt(a0) * u @ r.T)
+    rd = RunDir(tmp_path)
+    status = loop.train_loop(t, TrainState.fresh(t), rd, RunLog(rd, Progress(steps, quiet=True), main=True),
+                             loop.StopFlag())
     assert status == "completed"
+    logged = rows(tmp_path)
     expected = saxe_loss_curve(s.tolist(), a0, lr, steps)
     got = np.array([row["train_loss"] for row in logged])
     want = expected[[row["step"] for row in logged]]
@@ -154,9 +158,9 @@ def test_stop_at_target_ends_at_the_first_evaluation_that_reaches_it(tmp_path):
 def test_time_budget_stops_at_the_first_evaluation_past_it(tmp_path, monkeypatch):
     real = loop.train_step
 
-    def slow_step(p, step):  # 20 ms of "training" per step: the budget of 0.1 s is spent within ~5 steps
+    def slow_step(t, s):  # 20 ms of "training" per step: the budget of 0.1 s is spent within ~5 steps
         time.sleep(0.02)
-        return real(p, step)
+        return real(t, s)
 
     monkeypatch.setattr(loop, "train_step", slow_step)
     run_dir = trainlab.run(None, TINY + ["eval_every=2", "time_budget=0.1"], out=tmp_path / "run", quiet=True,

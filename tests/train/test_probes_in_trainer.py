@@ -118,9 +118,10 @@ def test_bad_combinations_are_one_line_config_errors(tmp_path, args, key):
 def test_mup_gives_hidden_layers_a_smaller_lr(tmp_path):
     from trainlab.distributed.env import DistEnv
     from trainlab.train.config import from_cli
-    from trainlab.train.loop import build_parts
+    from trainlab.train.training import build_training
 
-    parts = build_parts(from_cli(None, ["workload.p=11", "model.width=128", "param.mup_base_width=32",
-                                        "optimizer.lr=1e-3"]), DistEnv())
-    lrs = sorted({g["lr"] for g in parts.optimizer.param_groups})
+    t = build_training(from_cli(None, ["workload.p=11", "model.width=128", "param.mup_base_width=32",
+                                       "optimizer.lr=1e-3"]), DistEnv())
+    lrs = sorted({g["lr"] for g in t.optimizer.param_groups})
+    assert sorted(set(t.lrs_at(0))) == lrs  # the lr function carries muP's multipliers
     assert lrs == pytest.approx([1e-3 / 4, 1e-3])  # Adam muP: hidden and output matrices at lr * base / width

@@ -64,6 +64,7 @@ from trainlab.config import ConfigError
 from trainlab.distributed import compression, diloco
 from trainlab.distributed.comm import CommMeter, tensor_bytes
 from trainlab.distributed.env import DistEnv
+from trainlab.optim.protocol import capabilities
 from trainlab.registry import Registry
 
 STRATEGIES: Registry[type] = Registry("strategy")
@@ -270,11 +271,11 @@ class Zero1Strategy(DDPStrategy):
         # The registry builds the optimizer once over everything (so role-aware optimizers such as Muon split
         # their groups); ZeRO then re-builds it per partition from those groups, hyperparameters included.
         probe = Strategy.build_optimizer(self, name, params, kwargs)
-        for method, what in (("eval", "switches between train and eval weights"),
-                             ("observe_loss", "steers by the training loss")):
-            if callable(getattr(probe, method, None)):  # ZeroRedundancyOptimizer would not forward the call
-                raise ConfigError("optimizer", f"{name} {what} ({method}()), which ZeroRedundancyOptimizer does not "
-                                               "pass on; use dist.strategy=ddp or fsdp")
+        offers = capabilities(probe)
+        if offers.modes or offers.observes_loss:  # ZeroRedundancyOptimizer would not forward these calls
+            raise ConfigError("optimizer", f"{name} offers {' and '.join(offers.names())} (trainlab.optim.protocol), "
+                                           "which ZeroRedundancyOptimizer does not pass on; use dist.strategy=ddp "
+                                           "or fsdp")
         groups = [dict(g) for g in probe.param_groups]
         del probe
         try:

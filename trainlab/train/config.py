@@ -19,7 +19,6 @@ YAML file, then ``key=value`` overrides from the command line. Rules:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -37,13 +36,11 @@ COMPONENTS: dict[str, Registry] = {
     "schedule": schedules.SCHEDULES,
 }
 
-# `trainlab run` with no arguments: a+b mod 97 on an MLP with AdamW and strong weight decay groks on a
-# laptop CPU (memorises within a few hundred steps, generalises after ~2000). Power et al. (2022) and
-# Nanda et al. (2023) use AdamW, betas (0.9, 0.98), weight decay 1; lr 3e-3 (rather than their 1e-3)
-# brings the generalisation step within the 3000-step budget.
+# The components of a run that names none. `trainlab run` with no arguments: a+b mod 97 on the modular
+# workload's own recipe (its default model and its grokking optimizer settings; see Workload.recipe).
 DEFAULTS: dict[str, Any] = {
     "workload": {"name": "modular"},
-    "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 1.0, "betas": [0.9, 0.98]},
+    "optimizer": {"name": "adamw"},
     "schedule": {"name": "constant"},
 }
 
@@ -242,6 +239,8 @@ class RunConfig:
     param: ParamOptions = field(default_factory=ParamOptions)
     probes: ProbeOptions = field(default_factory=ProbeOptions)
     dist: DistOptions = field(default_factory=DistOptions)
+    # components taken from the workload's recipe because no layer named one (said in config.yaml and at start)
+    from_recipe: tuple[str, ...] = field(default=(), compare=False)
 
     def to_plain(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name).to_plain() for name in COMPONENTS}
@@ -249,8 +248,37 @@ class RunConfig:
         out.update(to_plain(self.train))
         return out
 
+    def recipe_note(self) -> str | None:
+        """One line saying which components came from the workload's recipe, or None."""
+        if not self.from_recipe:
+            return None
+        wl_cls = workloads.WORKLOADS.get(self.workload.name).factory
+        recipe = wl_cls.recipe_components()
+        parts = []
+        for kind in self.from_recipe:
+            component = getattr(self, kind)
+            shown = [f"{key}={_short(getattr(component.options, key))}" for key in recipe[kind] if key != "name"]
+            parts.append(" ".join([kind, component.name, *shown]))
+        source = f" ({wl_cls.recipe_source})" if wl_cls.recipe_source else ""
+        named = ", ".join(f"{kind}={getattr(self, kind).name}" for kind in self.from_recipe)
+        return (f"the {self.workload.name} workload's recipe{source}: {'; '.join(parts)} "
+                f"(name {named} for its own defaults)")
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML (``trainlab run`` of it reproduces the run)."""
+        note = self.recipe_note()
+        head = f"# {note}\n" if note else ""
+        return head + yaml.safe_dump(self.to_plain(), sort_keys=False)
+
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_plain(), sort_keys=False))
+        path.write_text(self.to_yaml())
+
+
+def _short(value: Any) -> str:
+    """A value as a person writes it: 0.003, 1, (0.9, 0.98)."""
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_short(v) for v in value) + ")"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -313,7 +341,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("", f"config file {str(path)!r} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path}: not UTF-8 text (a YAML config file is expected)") from None
+    except OSError as err:
+        raise ConfigError("", f"{path}: cannot be read ({err.strerror or err})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -328,20 +360,40 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return layer
 
 
-def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in layer.items():
-        if key in COMPONENTS:
-            current = out.get(key, {})
-            new_name = value.get("name")
-            if new_name is not None and str(new_name).lower() != str(current.get("name", "")).lower():
-                current = {}  # naming another component starts from its defaults
-            out[key] = {**current, **value}
-        elif key in SECTIONS:
-            out[key] = {**out.get(key, {}), **value}
-        else:
-            out[key] = value
+def _merge_plain(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The top-level keys and sections of ``layers`` (components are merged by :func:`_component_values`)."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key in SECTIONS:
+                out[key] = {**out.get(key, {}), **value}
+            elif key not in COMPONENTS:
+                out[key] = value
     return out
+
+
+def _component_values(kind: str, base: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> tuple[dict, bool]:
+    """The options of component ``kind``: ``base`` (the default or the workload's recipe) under ``layers``.
+
+    Naming a component in a layer starts from that component's own defaults: the base's options do not
+    leak into it, even when it names the same component (``optimizer=adamw`` means AdamW's defaults, not a
+    recipe's AdamW settings). A later layer naming the same component again keeps the earlier layers' options
+    (a YAML's ``optimizer: {name: adamw, lr: 1e-3}`` plus ``optimizer=adamw`` on the command line keeps lr).
+    Options given without a name (``optimizer.lr=1e-3``) apply to whatever was named before them.
+    Returns the values and whether the base was kept (nothing named).
+    """
+    values, from_base = dict(base), True
+    for layer in layers:
+        given = layer.get(kind)
+        if not given:
+            continue
+        name = given.get("name")
+        if name is not None:
+            if from_base or str(name).lower() != str(values.get("name", "")).lower():
+                values = {}
+            from_base = False
+        values.update(given)
+    return values, from_base
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -364,17 +416,19 @@ def _component(kind: str, values: Mapping[str, Any]) -> Component:
 
 
 def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
-    """Merge ``layers`` over the defaults and validate everything into a :class:`RunConfig`."""
-    merged = dict(DEFAULTS)
-    for layer in layers:
-        merged = _merge(merged, layer)
-    workload = _component("workload", merged["workload"])
+    """Validate ``layers`` (lowest first) over the defaults and the workload's recipe into a :class:`RunConfig`."""
+    workload = _component("workload", _component_values("workload", DEFAULTS["workload"], layers)[0])
     wl_cls = workloads.WORKLOADS.get(workload.name).factory
-    model_name, model_defaults = wl_cls.default_model
-    model_values = _merge({"model": {"name": model_name, **model_defaults}}, {"model": merged.get("model", {})})
-    model = _component("model", model_values["model"])
-    optimizer = _component("optimizer", merged["optimizer"])
-    schedule = _component("schedule", merged["schedule"])
+    recipe = wl_cls.recipe_components()
+    chosen, from_recipe = {}, []
+    for kind in ("model", "optimizer", "schedule"):
+        base = recipe.get(kind, DEFAULTS.get(kind))
+        values, kept = _component_values(kind, base, layers)
+        chosen[kind] = _component(kind, values)
+        if kept and kind in recipe:
+            from_recipe.append(kind)
+    model, optimizer, schedule = chosen["model"], chosen["optimizer"], chosen["schedule"]
+    merged = _merge_plain(layers)
     train = build_options(TrainOptions, {k: v for k, v in merged.items() if k not in COMPONENTS and k not in SECTIONS})
     sections = {name: build_options(cls, merged.get(name, {}), prefix=name) for name, cls in SECTIONS.items()}
     _check_probe_names(sections["probes"])
@@ -394,7 +448,7 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
             raise ConfigError("target", "give the value target_metric must reach, e.g. target=2.4")
     # A schedule whose options do not fit the step budget is a config error, found now rather than later.
     schedules.build(schedule.name, train.steps, **schedule.kwargs())  # type: ignore[arg-type]
-    return RunConfig(workload, model, optimizer, schedule, train, **sections)
+    return RunConfig(workload, model, optimizer, schedule, train, **sections, from_recipe=tuple(from_recipe))
 
 
 def _check_probe_names(options: ProbeOptions) -> None:

@@ -13,11 +13,16 @@ import torch
 
 from trainlab.config import ConfigError
 from trainlab.distributed import env as dist_env
-from trainlab.train import state as ckpt
+from trainlab.train import checkpoint_io as ckpt
 from trainlab.train.config import RESUMABLE_KEYS, RunConfig, for_resume, from_cli
-from trainlab.train.loop import Parts, StopFlag, build_parts, output_dir, restore, save_checkpoint, train_loop
+from trainlab.train.loop import StopFlag, train_loop
+from trainlab.train.state import TrainState, restore, save_checkpoint
+from trainlab.train.training import Training, build_training
 from trainlab.train.progress import Progress
-from trainlab.train.rundir import RunDir, versions
+from trainlab.train.runlog import RunLog
+from trainlab.train.tensorboard import TensorBoardLog
+from trainlab.train.tensorboard import require as require_tensorboard
+from trainlab.train.rundir import RunDir, new_run_dir, timestamp, versions
 from trainlab.errors import RunError  # noqa: F401  (defined there; imported from here too)
 
 
@@ -63,7 +68,7 @@ def run(
         cfg = from_cli(str(config) if config is not None else None, overrides)
 
     if cfg.train.tensorboard:
-        _require_tensorboard()
+        require_tensorboard()
     try:
         env = dist_env.setup(cfg.train.device)
     except RuntimeError as err:
@@ -114,68 +119,68 @@ def _command() -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def output_dir(cfg: RunConfig, out: str | Path | None, runs_root: str | Path) -> Path:
+    """The run directory: ``out``, or a new ``runs_root/NAME`` (NAME: ``name`` or workload-optimizer-time)."""
+    if out is not None:
+        return Path(out)
+    name = cfg.train.name or f"{cfg.workload.name}-{cfg.optimizer.name}-{timestamp()}"
+    return new_run_dir(Path(runs_root), name)
+
+
 def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Path:
-    parts = build_parts(cfg, env)
+    training = build_training(cfg, env)
     try:
-        return _train(parts, cfg, env, rd, resuming=resuming, quiet=quiet, command=command, report=report)
+        return _train(training, rd, resuming=resuming, quiet=quiet, command=command, report=report)
     finally:
-        parts.strategy.finish()
+        training.strategy.finish()
 
 
-def _train(parts: Parts, cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, command: str,
-           report: bool) -> Path:
-    if resuming:
-        try:  # every process reads the (shared) run directory and keeps its own part of the full state
-            payload = ckpt.load(rd.checkpoints, map_location=env.device)
-            restore(parts, payload)
-        except ckpt.CheckpointError as err:
-            raise RunError(str(err)) from None
-        if env.is_main:
-            rd.truncate_to_checkpoint(parts.step)
+def _start(t: Training, rd: RunDir, resuming: bool) -> TrainState:
+    """The state to train from: fresh, or the run directory's newest checkpoint (logs cut back to it)."""
+    if not resuming:
+        return TrainState.fresh(t)
+    try:  # every process reads the (shared) run directory and keeps its own part of the full state
+        state = restore(t, ckpt.load(rd.checkpoints, map_location=t.env.device))
+    except ckpt.CheckpointError as err:
+        raise RunError(f"cannot resume {rd.path}: {err}") from None
+    if t.env.is_main:
+        rd.truncate_to_checkpoint(state.step)
+    return state
+
+
+def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Path:
+    cfg, env = t.cfg, t.env
+    state = _start(t, rd, resuming)
     if env.is_main:
         rd.create()
         cfg.save(rd.path / "config.yaml")
-        rd.write_json("events.json", [e.to_dict() for e in parts.tracker.events])
-    writer = _tensorboard(rd, cfg) if env.is_main else None
-    progress = Progress(cfg.train.steps or 0, start=parts.step, quiet=quiet)
+        rd.write_json("events.json", [e.to_dict() for e in state.tracker.events])
+    tensorboard = None
+    if env.is_main and cfg.train.tensorboard:
+        kept = [r for r in rd.metrics() if r.get("step") == state.step] if resuming else []
+        tensorboard = TensorBoardLog(rd.path, state.step if resuming else None, kept)
+    log = RunLog(rd, Progress(t.steps, start=state.step, quiet=quiet), main=env.is_main, tensorboard=tensorboard)
     if not quiet:
-        verb = f"resuming at step {parts.step}" if resuming else "training"
-        n_params = sum(p.numel() for p in parts.model.parameters())
-        progress.message(f"trainlab: {verb} {cfg.workload.name} / {cfg.model.name} ({n_params:,} parameters) / "
-                         f"{cfg.optimizer.name} on {env.device}"
-                         + (f" x{env.world_size} processes" if env.distributed else "") + f" -> {rd.path}")
-
-    parts.prober.message = progress.message
-
-    def on_eval(row: dict[str, Any]) -> None:
-        if env.is_main:
-            rd.append_metrics(row)
-            if writer is not None:
-                for key, value in row.items():
-                    if key != "step" and isinstance(value, (int, float)):
-                        writer.add_scalar(key, value, row["step"])
-        shown = {k: v for k, v in row.items() if k.startswith(("train_", "val_"))}
-        if shown:  # rows of probes between evaluations carry no metrics to show
-            progress.evaluated(row["step"], shown)
-
-    def on_events(new: list) -> None:
-        for event in new:
-            progress.message(f"  event: {event.name} at step {event.step} ({event.detail})")
-        if new and env.is_main:
-            rd.write_json("events.json", [e.to_dict() for e in parts.tracker.events])
+        verb = f"resuming at step {state.step}" if resuming else "training"
+        n_params = sum(p.numel() for p in t.model.parameters())
+        log.message(f"trainlab: {verb} {cfg.workload.name} / {cfg.model.name} ({n_params:,} parameters) / "
+                    f"{cfg.optimizer.name} on {env.device}"
+                    + (f" x{env.world_size} processes" if env.distributed else "") + f" -> {rd.path}")
+        note = cfg.recipe_note()
+        if note and not resuming:
+            log.message(f"  {note}")
+    t.prober.message = log.message
 
     stop = StopFlag()
     started = time.perf_counter()
     with stop.installed(), _flush_subnormals(env.device):
-        status = train_loop(parts, rd, progress, stop, on_eval, on_events)
-    progress.close()
+        status = train_loop(t, state, rd, log, stop)
+    log.close()
     if status in ("completed", "reached_target", "out_of_time"):
-        save_checkpoint(parts, rd, parts.wall_offset + time.perf_counter() - started)
+        save_checkpoint(t, state, rd, state.wall_offset + time.perf_counter() - started)
     if env.is_main:
-        summary = _summary(parts, rd, status, command, env)
+        summary = _summary(t, state, rd, status, command)
         rd.write_json("summary.json", summary)
-        if writer is not None:
-            writer.close()
         report_path = None
         if report:
             from trainlab.report import write_run_report
@@ -184,7 +189,7 @@ def _train(parts: Parts, cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool
         if not quiet:
             print(closing_text(summary, rd.path, report_path))
         elif status == "interrupted":
-            print(f"trainlab: interrupted at step {parts.step}; resume with: trainlab run --resume {rd.path}",
+            print(f"trainlab: interrupted at step {state.step}; resume with: trainlab run --resume {rd.path}",
                   file=sys.stderr)
     return rd.path
 
@@ -206,75 +211,47 @@ def _flush_subnormals(device: torch.device) -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
-def _require_tensorboard() -> None:
-    """Fail before anything is trained or written when TensorBoard output cannot be produced."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        raise RunError("tensorboard=true needs the tensorboard package: pip install 'trainlab[tensorboard]'") from None
-
-
-def _tensorboard(rd: RunDir, cfg: RunConfig) -> Any:
-    if not cfg.train.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(rd.path / "tensorboard"))
-
-
-def _read_rows(rd: RunDir) -> list[dict[str, Any]]:
-    import json
-
-    rows = []
-    if rd.metrics_path.exists():
-        for line in rd.metrics_path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
-def _probe_summary(parts: Parts, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _probe_summary(t: Training, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Each configured probe's total seconds and calls (its overhead beside ``train_time``), and the skipped."""
     cost = {}
-    for name in parts.cfg.probes.names:
+    for name in t.cfg.probes.names:
         seconds = [r[f"probe_seconds/{name}"] for r in rows if f"probe_seconds/{name}" in r]
         cost[name] = {"calls": len(seconds), "seconds": round(sum(seconds), 3)}
-    return {"cost": cost, "skipped": dict(parts.prober.skipped)}
+    return {"cost": cost, "skipped": dict(t.prober.skipped)}
 
 
-def _summary(parts: Parts, rd: RunDir, status: str, command: str, env: Any) -> dict[str, Any]:
-    rows = _read_rows(rd)
-    metric = parts.workload.metric
+def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) -> dict[str, Any]:
+    rows = rd.metrics()
+    metric = t.workload.metric
     val_key = f"val_{metric}"
     finite_vals = [r[val_key] for r in rows if isinstance(r.get(val_key), (int, float))]
-    best = (max if parts.workload.higher_is_better else min)(finite_vals) if finite_vals else None
+    best = (max if t.workload.higher_is_better else min)(finite_vals) if finite_vals else None
     return {
         "name": rd.path.name,
         "status": status,
-        "workload": parts.cfg.workload.name,
-        "model": parts.cfg.model.name,
-        "optimizer": parts.cfg.optimizer.name,
-        "schedule": parts.cfg.schedule.name,
+        "workload": t.cfg.workload.name,
+        "model": t.cfg.model.name,
+        "optimizer": t.cfg.optimizer.name,
+        "schedule": t.cfg.schedule.name,
+        "recipe": t.cfg.recipe_note(),
         "metric": metric,
-        "higher_is_better": parts.workload.higher_is_better,
-        "threshold": parts.tracker.threshold,
-        "steps": parts.step,
-        "steps_planned": parts.cfg.train.steps,
-        "train_time": round(parts.train_time, 3),
+        "higher_is_better": t.workload.higher_is_better,
+        "threshold": s.tracker.threshold,
+        "steps": s.step,
+        "steps_planned": t.steps,
+        "train_time": round(s.train_time, 3),
         "wall_time": round(rows[-1]["wall"], 3) if rows else None,
         "final": rows[-1] if rows else {},
         f"best_val_{metric}": best,
-        "events": parts.tracker.summary(),
-        "probes": _probe_summary(parts, rows),
-        "event_list": [e.to_dict() for e in parts.tracker.events],
-        "parameters": sum(p.numel() for p in parts.model.parameters()),
-        "device": str(env.device),
-        "world_size": env.world_size,
-        **({"comm": {**parts.strategy.summary(),
-                     "bytes_per_step": round(parts.strategy.meter.total / parts.step, 1) if parts.step else 0.0}}
-           if parts.strategy.active else {}),
+        "events": s.tracker.summary(),
+        "probes": _probe_summary(t, rows),
+        "event_list": [e.to_dict() for e in s.tracker.events],
+        "parameters": sum(p.numel() for p in t.model.parameters()),
+        "device": str(t.env.device),
+        "world_size": t.env.world_size,
+        **({"comm": {**t.strategy.summary(),
+                     "bytes_per_step": round(t.strategy.meter.total / s.step, 1) if s.step else 0.0}}
+           if t.strategy.active else {}),
         "threads": torch.get_num_threads(),
         "versions": versions(),
         "command": command,

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainlab.train.state import atomic_write_text
+from trainlab.train.checkpoint_io import atomic_write_text
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -51,6 +51,17 @@ class RunDir:
 
     def has_run(self) -> bool:
         return self.metrics_path.exists() or (self.path / "config.yaml").exists()
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The rows of metrics.jsonl (torn lines skipped)."""
+        rows = []
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return rows
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         self.append_jsonl(self.metrics_path, [row])

@@ -1,114 +1,154 @@
-"""Checkpoints: written atomically, verified by SHA-256, loaded without unpickling arbitrary objects.
+"""The state a run changes while it trains, and the one checkpoint format that holds it.
 
-Layout inside a run directory::
+:class:`TrainState` is small: the step, the two clocks, the events and what their detectors remember, the byte
+meter's position and a buffer of trace rows. A checkpoint is that state plus the model's, the optimizer's and
+the strategy's state dicts, the objective's and the probes' state and the RNG -- everything a
+:class:`~trainlab.train.training.Training` rebuilt from the same config needs to continue bit for bit.
+Nothing configured is read back from a checkpoint (base learning rates, schedule, data): it comes from the config.
 
-    checkpoints/step_00001000.pt   torch.save of plain containers and tensors
-    checkpoints/latest.json        {"file": ..., "step": ..., "sha256": ..., "bytes": ...}
-
-Writing: the bytes go to a temporary file in the same directory, are fsync'ed, then renamed over the target
-(``os.replace`` is atomic on POSIX and Windows); only then is ``latest.json`` replaced the same way. A crash at
-any moment leaves the previous checkpoint and its manifest intact. The two newest checkpoints are kept.
-
-Loading: the manifest's SHA-256 must match the file, and ``torch.load(weights_only=True)`` refuses anything
-but tensors and plain containers, so a truncated, corrupted or malicious file is reported, never loaded.
-
-Distributed runs write the same single file from rank 0. Sharded strategies (zero1, fsdp) first consolidate
-their state into full tensors (:mod:`trainlab.distributed.strategy`); every process then loads this file and keeps
-its own part, which is why such a run can resume on another number of processes. PyTorch's sharded format
-(``torch.distributed.checkpoint``) is not used: its ``FileSystemReader.read_metadata`` unpickles the
-``.metadata`` file (torch 2.13), and trainlab never unpickles files.
+A checkpoint also records the resolved config it was written under; resuming under a config that differs in
+anything but the keys a resume may change (:data:`~trainlab.train.config.RESUMABLE_KEYS`) is refused with the
+key that differs, before any tensor is loaded.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from trainlab.errors import CheckpointError  # noqa: F401  (defined there; imported from here too)
+from torch import Tensor
 
-FORMAT_VERSION = 1
-KEEP = 2
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+from trainlab.errors import CheckpointError
+from trainlab.train import checkpoint_io as io
+from trainlab.train.config import RESUMABLE_KEYS, RunConfig
+from trainlab.train.events import EventTracker
+from trainlab.train.rundir import RunDir
+from trainlab.train.training import Training
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+# The checkpoint IO, until its move to trainlab.rundir lands (bench modules import it from here).
+atomic_write_text = io.atomic_write_text
+atomic_write_bytes = io.atomic_write_bytes
+save, load, latest_manifest, FORMAT_VERSION = io.save, io.load, io.latest_manifest, io.FORMAT_VERSION
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+@dataclass
+class TrainState:
+    """What changes while a run trains (besides parameters and optimizer state)."""
+
+    tracker: EventTracker
+    step: int = 0  # optimizer steps taken
+    train_time: float = 0.0  # seconds spent in optimizer steps (evaluation, logging, checkpoints excluded)
+    wall_offset: float = 0.0  # wall seconds of earlier sessions of this run (a resumed clock continues)
+    comm_logged: int = 0  # the byte meter's total at the previous metrics row
+    grad_norm: Tensor | None = None  # the last step's clipped global gradient norm (with grad_clip)
+    # (step, lr, loss, grad norm) of the steps since the last drain, kept on the device; always drained before a
+    # checkpoint, so never part of one
+    trace: list[tuple[int, float, Tensor, Tensor]] = field(default_factory=list)
+
+    @classmethod
+    def fresh(cls, t: Training) -> TrainState:
+        return cls(tracker=EventTracker(t.workload.metric, t.workload.higher_is_better,
+                                        t.cfg.train.threshold))  # type: ignore[arg-type]
 
 
-def save(checkpoint_dir: Path, step: int, payload: dict[str, Any]) -> Path:
-    """Save ``payload`` (plain containers and tensors) as the checkpoint of ``step``; return its path."""
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT_VERSION, "step": step, **payload}, buffer)
-    data = buffer.getvalue()
-    path = checkpoint_dir / f"step_{step:08d}.pt"
-    atomic_write_bytes(path, data)
-    manifest = {"file": path.name, "step": step, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    atomic_write_text(checkpoint_dir / "latest.json", json.dumps(manifest, indent=1))
-    for old in sorted(checkpoint_dir.glob("step_*.pt"))[:-KEEP]:
-        old.unlink(missing_ok=True)
-    return path
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints
 
 
-def latest_manifest(checkpoint_dir: Path) -> dict[str, Any] | None:
-    manifest_path = checkpoint_dir / "latest.json"
-    if not manifest_path.exists():
-        return None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        assert isinstance(manifest, dict) and {"file", "step", "sha256"} <= set(manifest)
-    except (json.JSONDecodeError, AssertionError, UnicodeDecodeError):
-        raise CheckpointError(f"{manifest_path} is corrupted; cannot tell which checkpoint to resume") from None
-    return manifest
+def needs_all_ranks(t: Training) -> bool:
+    """Whether building a checkpoint is collective (sharded or per-process state): every rank must call it."""
+    return t.strategy.world_size > 1 and (t.strategy.per_rank_state or t.strategy.consolidated_state)
 
 
-def load(checkpoint_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load the newest checkpoint after verifying its checksum; raise :class:`CheckpointError` if unsafe."""
-    manifest = latest_manifest(checkpoint_dir)
-    if manifest is None:
-        raise CheckpointError(f"no checkpoint in {checkpoint_dir} (no latest.json)")
-    path = checkpoint_dir / str(manifest["file"])
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} named in latest.json is missing")
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest["sha256"]:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupted or truncated ({len(data)} bytes, sha256 mismatch); refusing to load it")
-    try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as err:  # a file that hashes right but will not load safely
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {str(err).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has an unknown format")
+def checkpoint_payload(t: Training, s: TrainState, wall: float) -> dict[str, Any]:
+    """The checkpoint's content. Call it on every rank when :func:`needs_all_ranks` (sharded strategies gather
+    the full model and optimizer state to rank 0, a collective); only rank 0's result is written."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()  # type: ignore[assignment]
+    strategy = t.strategy
+    local = {"model": strategy.model_state(t.model), "optimizer": strategy.optimizer_state(t.model, t.optimizer),
+             "strategy": strategy.state_dict()}
+    payload = {**local, "train_time": s.train_time, "wall_time": wall, "rng": rng,
+               "events": [e.to_dict() for e in s.tracker.events], "event_state": dict(s.tracker.state),
+               "objective": t.objective.state_dict(), "probe_initial": t.prober.initial,
+               "world_size": strategy.world_size, "strategy_name": strategy.name, "config": t.cfg.to_plain()}
+    if strategy.per_rank_state and strategy.world_size > 1:
+        # DiLoCo's workers hold different weights and inner-optimizer states between outer steps: keep each.
+        # (gather_object pickles over the process group between this run's own processes; files never are.)
+        gathered: list[Any] | None = [None] * strategy.world_size if strategy.rank == 0 else None
+        torch.distributed.gather_object(local, gathered, dst=0)
+        payload["ranks"] = gathered
     return payload
+
+
+def save_checkpoint(t: Training, s: TrainState, rd: RunDir, wall: float) -> None:
+    """Write the checkpoint of step ``s.step``. Call it on every rank: the ranks that must take part in
+    building it (:func:`needs_all_ranks`) do, and only the main process writes."""
+    if t.env.is_main or needs_all_ranks(t):
+        payload = checkpoint_payload(t, s, wall)
+        if t.env.is_main:
+            io.save(rd.checkpoints, s.step, payload)
+
+
+def restore(t: Training, payload: dict[str, Any]) -> TrainState:
+    """Load a checkpoint's state into ``t``'s objects and return the :class:`TrainState` to continue from."""
+    check_config(payload.get("config"), t.cfg)
+    strategy = t.strategy
+    saved_name = payload.get("strategy_name")
+    consolidated = {e.name for e in _strategies() if e.factory.consolidated_state}  # checkpoints of gathered shards
+    if saved_name is not None and saved_name != strategy.name and {saved_name, strategy.name} & consolidated:
+        raise CheckpointError(f"checkpoint was written by dist.strategy={saved_name}; cannot resume it "
+                              f"with {strategy.name}")
+    local = payload
+    if "ranks" in payload:
+        ranks = payload["ranks"]
+        if len(ranks) != strategy.world_size:
+            raise CheckpointError(f"checkpoint holds {len(ranks)} {strategy.name} workers' states; resume it with "
+                                  f"torchrun --nproc_per_node={len(ranks)} (workers hold different weights)")
+        local = ranks[strategy.rank]
+    try:
+        strategy.load_model_state(t.model, local["model"])
+        strategy.load_optimizer_state(t.model, t.optimizer, local["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:  # a checkpoint of another model (written before configs
+        raise CheckpointError(f"checkpoint does not fit the model and optimizer built from config.yaml: "  # were kept)
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+    strategy.load_state_dict(local.get("strategy", {}))
+    t.objective.load_state_dict(payload.get("objective", {}))
+    t.prober.initial = dict(payload.get("probe_initial", {}))
+    torch.set_rng_state(payload["rng"]["torch"])
+    if "cuda" in payload["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    tracker = EventTracker(t.workload.metric, t.workload.higher_is_better, t.cfg.train.threshold,  # type: ignore[arg-type]
+                           payload["events"], payload.get("event_state"))
+    return TrainState(tracker=tracker, step=int(payload["step"]), train_time=float(payload["train_time"]),
+                      wall_offset=float(payload["wall_time"]), comm_logged=strategy.meter.total)
+
+
+def check_config(saved: dict[str, Any] | None, cfg: RunConfig) -> None:
+    """Refuse to resume under a config that differs from the checkpoint's in a key a resume may not change."""
+    if saved is None:  # written before checkpoints kept their config; the state dicts' shapes are checked on load
+        return
+    now = cfg.to_plain()
+    for key in sorted(set(saved) | set(now)):
+        if key in RESUMABLE_KEYS:
+            continue
+        before, after = saved.get(key), now.get(key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            sub = next(k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k))
+            key, before, after = f"{key}.{sub}", before.get(sub), after.get(sub)
+        raise CheckpointError(f"config.yaml says {key}={_show(after)} but the checkpoint was trained with "
+                              f"{key}={_show(before)}; a resume may change only {', '.join(sorted(RESUMABLE_KEYS))}")
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is None else str(value)
+
+
+def _strategies() -> Any:
+    from trainlab.distributed.strategy import STRATEGIES
+
+    return STRATEGIES

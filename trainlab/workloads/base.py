@@ -17,7 +17,7 @@ pairs for a transformer); the trainer asks for the first kind the chosen model a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,9 @@ class Workload:
         default_steps, default_eval_every: step budget and evaluation period.
         default_batch_size: examples per step; 0 means full batch.
         default_model: (registry name, options) of the model used when the user names none.
+        recipe: other components (``optimizer``, ``schedule``: a mapping with ``name`` and options) used when the
+            user names none of that kind; naming one (even the same name) gives that component's own defaults.
+        recipe_source: where the recipe comes from (a paper), printed with it.
         input_kinds: the input kinds this workload can provide, preferred first.
     """
 
@@ -82,7 +85,15 @@ class Workload:
     default_eval_every: int = 50
     default_batch_size: int = 0
     default_model: tuple[str, dict] = ("mlp", {})
+    recipe: dict[str, dict[str, Any]] = {}
+    recipe_source: str = ""
     input_kinds: tuple[InputKind, ...] = ("vector",)
+
+    @classmethod
+    def recipe_components(cls) -> dict[str, dict[str, Any]]:
+        """The components this workload trains with when the user names none: its default model and recipe."""
+        name, options = cls.default_model
+        return {"model": {"name": name, **options}, **cls.recipe}
 
     def __init__(self, options: object) -> None:
         self.options = options

@@ -94,6 +94,10 @@ class ModularWorkload(Workload):
     default_eval_every = 50
     default_batch_size = 0
     default_model = ("mlp", {"depth": 2, "width": 128, "activation": "relu"})
+    # Power et al. (2022) and Nanda et al. (2023) grok with AdamW, betas (0.9, 0.98), weight decay 1; lr 3e-3
+    # (rather than their 1e-3) brings generalisation within the 3000-step budget of an MLP on a laptop CPU.
+    recipe = {"optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 1.0, "betas": (0.9, 0.98)}}
+    recipe_source = "Power et al. 2022, lr raised to 3e-3"
     input_kinds = ("vector", "tokens")
 
     options: ModularOptions

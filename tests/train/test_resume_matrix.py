@@ -1,0 +1,167 @@
+"""Resume is exact: for every registry schedule and every optimizer family, a run killed at a step (during the
+warm-up, mid-run, in the cooldown) and resumed from its last checkpoint writes exactly the metrics and trace rows
+of the run that was never interrupted (every column but the clocks), and ends with the same weights.
+
+A kill is simulated in-process: an exception raised from the progress callback at step ``k`` leaves the run
+directory as SIGKILL would (rows written after the last checkpoint, no checkpoint at ``k``); ``--resume`` must
+cut those rows and write them again identically. A stop request (SIGTERM / Ctrl-C) checkpoints at ``k`` instead.
+The subprocess form of the same promise (a real SIGKILL) is tested in tests/train/test_multiprocess.py.
+
+These runs are small (an MLP of width 16 on sparse parity, 40 steps) so the whole matrix runs in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import trainlab
+from trainlab.schedules import names as schedule_names
+from trainlab.train import runlog
+from trainlab.train.loop import StopFlag
+
+STEPS, WARMUP, CKPT = 40, 10, 6
+BASE = ["workload=sparse_parity", "workload.n=10", "workload.k=2", "workload.n_train=256", "workload.n_val=128",
+        "model=mlp", "model.width=16", "model.depth=1", f"steps={STEPS}", "eval_every=5", "batch_size=32",
+        f"checkpoint_every={CKPT}", "grad_clip=5"]
+# A kill during the warm-up, one mid-run and one in the cooldown (the last 20% of a wsd run; cosine's tail).
+KILL_STEPS = (WARMUP - 3, STEPS // 2 + 1, STEPS - 3)
+
+SCHEDULE_OPTIONS = {  # options that make each schedule change the lr across the kill points
+    "step": ["schedule.step_size=8"],
+    "multistep": ["schedule.milestones=0.3,0.6,0.9"],
+    "two_regime": ["schedule.decay=cosine"],
+}
+
+# One or more optimizers of each family: trainlab's own, torch.optim, pytorch-optimizer, schedule-free,
+# wrappers around another optimizer, and AutoLRS (sets its own lr, steered by the training loss).
+OPTIMIZERS = {
+    "lion": ["optimizer=lion", "optimizer.lr=1e-3"],
+    "lamb": ["optimizer=lamb"],
+    "diffgrad": ["optimizer=diffgrad"],
+    "muon": ["optimizer=muon"],
+    "dualized": ["optimizer=dualized"],
+    "agd": ["optimizer=agd", "model.bias=false"],
+    "adamw": ["optimizer=adamw"],
+    "sgd_nesterov": ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "optimizer.nesterov=true"],
+    "nadam": ["optimizer=nadam", "optimizer.decoupled_weight_decay=true"],
+    "adan": ["optimizer=adan"],
+    "prodigy": ["optimizer=prodigy"],
+    "adamw_schedulefree": ["optimizer=adamw_schedulefree", "optimizer.warmup_steps=5"],
+    "schedulefreeadamw": ["optimizer=schedulefreeadamw"],
+    "perpgrad": ["optimizer=perpgrad", "optimizer.base=adamw", "optimizer.lr=1e-2"],
+    "coordclip": ["optimizer=coordclip", "optimizer.base=lion", "optimizer.lr=1e-3"],
+    "autolrs": ["optimizer=autolrs", "optimizer.candidates=2", "optimizer.explore_steps=3",
+                "optimizer.stage_steps=6", "optimizer.max_stage_steps=12"],
+}
+
+
+class Killed(Exception):
+    """Stands for SIGKILL: nothing after it runs, nothing is checkpointed."""
+
+
+def _rows(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "wall")}
+            for line in path.read_text().splitlines()]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from trainlab.train.checkpoint_io import load
+
+    return load(run / "checkpoints")["model"]
+
+
+def _run(out: Path, overrides: list[str], **kwargs) -> Path:
+    return trainlab.run(overrides=overrides, out=out, quiet=True, report=False, **kwargs)
+
+
+def _interrupted(out: Path, overrides: list[str], at: int, how: str, monkeypatch) -> None:
+    """Run ``overrides`` into ``out`` until step ``at``: killed there (``kill``) or asked to stop (``stop``)."""
+    real_step = runlog.RunLog.step
+    stop_asked = []
+
+    def step(self, step: int, loss) -> None:
+        real_step(self, step, loss)
+        if step == at:
+            if how == "kill":
+                raise Killed
+            stop_asked.append(step)  # what a signal handler does: the loop reads it before the next step
+
+    with monkeypatch.context() as m:
+        m.setattr(runlog.RunLog, "step", step)
+        if how == "kill":
+            with pytest.raises(Killed):
+                _run(out, overrides)
+        else:
+            m.setattr(StopFlag, "agreed", lambda self, env: bool(stop_asked))
+            _run(out, overrides)
+            assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+
+
+def assert_resume_exact(tmp_path: Path, overrides: list[str], monkeypatch, kills=KILL_STEPS, how: str = "kill"):
+    whole = _run(tmp_path / "whole", overrides)
+    for at in kills:
+        out = tmp_path / f"{how}-{at}"
+        _interrupted(out, overrides, at, how, monkeypatch)
+        _run(None, [], resume=out)
+        for name in ("metrics.jsonl", "trace.jsonl"):
+            expected, got = _rows(whole / name), _rows(out / name)
+            assert len(got) == len(expected), f"{name}: {len(got)} rows after a {how} at step {at}, not {len(expected)}"
+            for want, row in zip(expected, got):
+                assert row == want, f"{name} differs at step {row.get('step')} after a {how} at step {at}"
+        for key, value in _weights(whole).items():
+            assert torch.equal(_weights(out)[key], value), f"weights {key} differ after a {how} at step {at}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", [s for s in schedule_names() if s != "refined"])
+def test_every_schedule_resumes_exactly(schedule, tmp_path, monkeypatch):
+    overrides = [*BASE, "optimizer=adamw", f"schedule={schedule}", f"schedule.warmup={WARMUP}",
+                 *SCHEDULE_OPTIONS.get(schedule, [])]
+    assert_resume_exact(tmp_path, overrides, monkeypatch)
+
+
+@pytest.mark.slow
+def test_refined_schedule_resumes_exactly(tmp_path, monkeypatch):
+    source = _run(tmp_path / "source", [*BASE, "optimizer=adamw"])
+    overrides = [*BASE, "optimizer=adamw", "schedule=refined", f"schedule.from_run={source}"]
+    assert_resume_exact(tmp_path / "refined", overrides, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_family_resumes_exactly(name, tmp_path, monkeypatch):
+    overrides = [*BASE, *OPTIMIZERS[name], "schedule=wsd", f"schedule.warmup={WARMUP}"]
+    assert_resume_exact(tmp_path, overrides, monkeypatch)
+
+
+def test_a_stop_request_checkpoints_where_it_stops_and_resumes_exactly(tmp_path, monkeypatch):
+    overrides = [*BASE, "optimizer=lion", "schedule=cosine", f"schedule.warmup={WARMUP}"]
+    assert_resume_exact(tmp_path, overrides, monkeypatch, kills=(WARMUP + 1,), how="stop")
+
+
+def test_the_lr_after_resume_is_the_schedule_s_not_the_optimizer_state_s(tmp_path, monkeypatch):
+    """The regression the matrix exists for: lion + cosine warm-up, killed after a checkpoint in the warm-up."""
+    overrides = [*BASE, "optimizer=lion", "schedule=cosine", f"schedule.warmup={WARMUP}"]
+    assert_resume_exact(tmp_path, overrides, monkeypatch, kills=(CKPT + 1,))
+
+
+def test_the_harness_sees_a_wrong_lr(tmp_path, monkeypatch):
+    """The check can fail: reading base lrs back from the optimizer state (the old bug) is caught."""
+    from trainlab.train import state as state_module
+
+    real_restore = state_module.restore
+
+    def restore_reading_lr_back(t, payload):
+        s = real_restore(t, payload)
+        object.__setattr__(t, "base_lrs", tuple(float(g["lr"]) for g in t.optimizer.param_groups))
+        return s
+
+    monkeypatch.setattr(sys.modules["trainlab.train.run"], "restore", restore_reading_lr_back)
+    overrides = [*BASE, "optimizer=lion", "schedule=cosine", f"schedule.warmup={WARMUP}"]
+    with pytest.raises(AssertionError, match="differs"):
+        assert_resume_exact(tmp_path, overrides, monkeypatch, kills=(CKPT + 1,))
