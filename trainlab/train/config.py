@@ -260,9 +260,9 @@ class RunConfig:
             shown = [f"{key}={_short(getattr(component.options, key))}" for key in recipe[kind] if key != "name"]
             parts.append(" ".join([kind, component.name, *shown]))
         source = f" ({wl_cls.recipe_source})" if wl_cls.recipe_source else ""
-        named = ", ".join(f"{kind}={getattr(self, kind).name}" for kind in self.from_recipe)
+        named = " or ".join(f"{kind}={getattr(self, kind).name}" for kind in self.from_recipe)
         return (f"the {self.workload.name} workload's recipe{source}: {'; '.join(parts)} "
-                f"(name {named} for its own defaults)")
+                f"(naming {named} gives that component's own defaults)")
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML (``trainlab run`` of it reproduces the run)."""

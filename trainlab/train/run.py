@@ -59,7 +59,12 @@ def run(
         rd = RunDir(Path(resume))
         if not (rd.path / "config.yaml").is_file():
             raise RunError(f"cannot resume {rd.path}: it holds no trainlab run (no config.yaml)")
-        cfg = for_resume(rd.path / "config.yaml", overrides)
+        try:
+            cfg = for_resume(rd.path / "config.yaml", overrides)
+        except ConfigError as err:
+            if err.key in RESUMABLE_KEYS or any(o.partition("=")[0].strip() == err.key for o in overrides):
+                raise  # a mistake in this command's own overrides
+            raise RunError(f"cannot resume {rd.path}: its config.yaml does not resolve ({err})") from None
     elif isinstance(config, RunConfig):
         if overrides:
             raise ConfigError("", "pass overrides with a YAML path or None, not with a RunConfig")

@@ -16,6 +16,7 @@ resumed run used to continue with an lr already multiplied by the schedule).
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -109,11 +110,11 @@ def build_training(cfg: RunConfig, env: DistEnv) -> Training:
     torch.manual_seed(t.seed)
     workload = workloads.build(cfg.workload.name, **cfg.workload.kwargs())
     kind = input_kind_for(workload, cfg.model.name)
-    with _memory_errors("the workload's data", cfg):
+    with _memory_errors(f"the data of workload {workload.name}", "workload", cfg.workload.kwargs()):
         data = _to(workload.data(kind), env.device, dtype)  # type: ignore[arg-type]
     spec = workload.spec(kind)  # type: ignore[arg-type]
     check_model_fits(cfg, spec, dtype, env.device)
-    with _memory_errors("the model", cfg):
+    with _memory_errors(f"model {cfg.model.name}", "model", cfg.model.kwargs()):
         model = models.build(cfg.model.name, spec, **cfg.model.kwargs()).to(env.device, dtype)
     model = apply_param_options(model, cfg.param, data.x_train[:1024])
     strategy = strategies.build(cfg.dist, env)
@@ -199,14 +200,16 @@ def _gb(n: float) -> str:
 
 
 @contextlib.contextmanager
-def _memory_errors(what: str, cfg: RunConfig):  # type: ignore[no-untyped-def]
-    """An allocation failure while building ``what`` as a one-line :class:`RunError`."""
+def _memory_errors(what: str, component: str, options: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """An allocation failure while building ``what`` as a one-line :class:`RunError` naming the size and options."""
     try:
         yield
     except (RuntimeError, MemoryError) as err:
         text = str(err)
-        if isinstance(err, MemoryError) or "alloc" in text or "out of memory" in text:
-            first = text.splitlines()[0] if text else type(err).__name__
-            raise RunError(f"building {what} of workload {cfg.workload.name} needs more memory than is free "
-                           f"({first.strip()}); choose smaller workload or model options") from None
-        raise
+        if not (isinstance(err, MemoryError) or "alloc" in text or "out of memory" in text):
+            raise
+        asked = re.search(r"allocate (\d+) bytes", text)
+        size = f" asks for {_gb(int(asked.group(1)))} at once, which" if asked else ""
+        shown = ", ".join(f"{component}.{k}={v}" for k, v in options.items() if v not in (None, "", False))
+        raise RunError(f"building {what} ({shown}){size} needs more memory than is free; choose smaller "
+                       f"{component} options") from None

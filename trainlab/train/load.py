@@ -1,0 +1,93 @@
+"""A finished (or interrupted) run, back in Python: ``trainlab.load_run(run_dir)``.
+
+    run = trainlab.load_run("runs/modular-adamw-20261206-120000")
+    run.model(x)                  # the model with the weights of the run's newest checkpoint, in eval mode
+    run.config, run.metrics, run.summary, run.step
+    run.export("model.safetensors")   # those weights as safetensors, the resolved config in its metadata
+
+The model is rebuilt from the run's ``config.yaml`` exactly as the trainer builds it (workload, model, ``param.*``
+options), then given the checkpoint's weights, loaded with ``weights_only=True`` after the checksum is verified.
+No optimizer, process group or data loader is made. Checkpoints of sharded strategies hold full tensors and load
+the same way; a DiLoCo checkpoint holds each worker's weights between outer steps, and this loads worker 0's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainlab import models, workloads
+from trainlab.errors import CheckpointError, RunDirError
+from trainlab.models.setup import apply_param_options
+from trainlab.train import checkpoint_io
+from trainlab.train.config import RunConfig, from_cli
+from trainlab.train.rundir import RunDir
+from trainlab.train.training import input_kind_for
+
+__all__ = ["LoadedRun", "load_run"]
+
+
+@dataclass
+class LoadedRun:
+    """A run directory's config, final model and logs."""
+
+    path: Path
+    config: RunConfig
+    model: nn.Module  # in eval mode, on the device asked for
+    step: int  # optimizer steps behind the weights
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+
+    def export(self, path: str | Path) -> Path:
+        """Write the weights as a safetensors file (no pickle); its metadata holds the config and the step."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        metadata = {"format": "pt", "trainlab_config": json.dumps(self.config.to_plain()), "step": str(self.step),
+                    "run": str(self.path)}
+        save_file(tensors, str(path), metadata=metadata)
+        return path
+
+
+def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild the model of the run in ``path`` with the weights of its newest checkpoint.
+
+    Raises :class:`~trainlab.errors.RunDirError` when ``path`` holds no run and
+    :class:`~trainlab.errors.CheckpointError` when it has no checkpoint that loads safely.
+    """
+    rd = RunDir(Path(path))
+    config_file = rd.path / "config.yaml"
+    if not config_file.is_file():
+        raise RunDirError(f"{rd.path} holds no trainlab run (no config.yaml)")
+    cfg = from_cli(str(config_file), [])
+    payload = checkpoint_io.load(rd.checkpoints, map_location=device)
+    state = payload["ranks"][0]["model"] if "ranks" in payload else payload["model"]
+    model = build_model(cfg, torch.device(device))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"the checkpoint in {rd.checkpoints} does not fit the model of config.yaml: "
+                              f"{str(err).strip().splitlines()[0]}") from None
+    summary_file = rd.path / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    return LoadedRun(rd.path, cfg, model.eval(), int(payload["step"]), rd.metrics(), summary)
+
+
+def build_model(cfg: RunConfig, device: torch.device) -> nn.Module:
+    """The model of ``cfg`` as the trainer builds it (seeded initialisation, ``param.*`` options applied)."""
+    dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
+    torch.manual_seed(cfg.train.seed)
+    workload = workloads.build(cfg.workload.name, **cfg.workload.kwargs())
+    kind = input_kind_for(workload, cfg.model.name)
+    spec = workload.spec(kind)  # type: ignore[arg-type]
+    model = models.build(cfg.model.name, spec, **cfg.model.kwargs()).to(device, dtype)
+    sample = None
+    if cfg.param.init == "data_dependent":  # the only option that reads data (its values are then overwritten)
+        sample = workload.data(kind).x_train[:1024].to(device, dtype)  # type: ignore[arg-type]
+    return apply_param_options(model, cfg.param, sample)  # type: ignore[arg-type]
