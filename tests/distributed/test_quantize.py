@@ -89,6 +89,7 @@ def test_bad_arguments():
         qz.pack_nibbles(torch.ones(2))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_quantiser_runs_on_cuda_like_on_cpu():
     x = torch.randn(3001, generator=torch.Generator().manual_seed(1))

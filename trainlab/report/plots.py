@@ -265,7 +265,20 @@ def _fit_legend(fig: Figure, legend) -> None:
 
 
 def _save(fig: Figure, file: Path) -> None:
+    _fit_left_margin(fig)
     fig.savefig(file, format="png", dpi=DPI, facecolor="white", metadata={"Software": None})
+
+
+def _fit_left_margin(fig: Figure, pad_px: float = 4.0) -> None:
+    """Widen the left margin when the y tick labels or the y label would be cut by the figure's edge.
+
+    The margins are fixed (see :func:`_new_figure`), but tick labels are as wide as their text: long labels
+    pushed the y label off the figure.
+    """
+    renderer = fig.canvas.get_renderer()
+    left = min((ax.get_tightbbox(renderer).x0 for ax in fig.axes), default=pad_px)
+    if left < pad_px:
+        fig.subplots_adjust(left=fig.subplotpars.left + (pad_px - left) / fig.bbox.width)
 
 
 def _xy(run: Run, column: str, logx: bool) -> tuple[np.ndarray, np.ndarray] | None:
@@ -321,6 +334,28 @@ def _finish_axes(ax, plotted: list[np.ndarray], *, logx: bool, logy_if_positive:
         return
     if logy_if_positive and np.all(finite > 0) and finite.max() > finite.min():
         ax.set_yscale("log")
+        _label_short_log_axis(ax.yaxis)
+
+
+def _label_short_log_axis(axis) -> None:
+    """Plain numbers (``0.3``, ``1.2``) on a log axis with at most one power of ten in view.
+
+    There matplotlib labels the minor ticks too (a lone ``10^0`` would not tell the scale), but in scientific
+    notation, ``1.2×10^0``: labels wide enough to push the axis label off the figure. Longer axes keep their
+    ``10^k`` labels.
+    """
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        """matplotlib's choice of which log ticks to label, written as plain numbers."""
+
+        def __call__(self, x, pos=None):  # matplotlib decides whether x gets a label; we decide its text
+            return f"{x:.3g}" if super().__call__(x, pos) else ""
+
+    low, high = sorted(axis.get_view_interval())
+    if math.floor(math.log10(high)) - math.ceil(math.log10(low)) + 1 <= 1:
+        axis.set_major_formatter(PlainLogFormatter())
+        axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
 
 
 def _step_tick(value: float, _pos: int) -> str:

@@ -15,7 +15,11 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """Shows steps, steps/s, ETA and the latest metrics. Redraws at most ``hz`` times per second."""
+    """Shows steps, the live loss, ETA, steps/s and the latest metrics. Redraws at most ``hz`` times per second.
+
+    On a terminal the line is fitted to its width by dropping the least useful parts first (training metrics,
+    the bar, steps/s, validation metrics): step, loss and ETA stay visible on an 80-column terminal.
+    """
 
     def __init__(self, total: int, start: int = 0, quiet: bool = False, stream: TextIO | None = None, hz: float = 8):
         self.total, self.quiet = total, quiet
@@ -24,15 +28,33 @@ class Progress:
         self.min_interval = 1.0 / hz
         self._t0, self._s0, self._last_draw = time.perf_counter(), start, 0.0
         self.metrics: dict[str, Any] = {}
+        self.loss: float | None = None  # the latest training step's loss; kept across evaluations
 
-    def _line(self, step: int) -> str:
+    def _parts(self, step: int) -> list[tuple[int, str]]:
+        """(drop rank, text) in display order; rank 0 is always shown, the highest rank is dropped first."""
         elapsed = time.perf_counter() - self._t0
         rate = (step - self._s0) / elapsed if elapsed > 0 and step > self._s0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else 0.0
         frac = step / self.total if self.total else 1.0
-        bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in self.metrics.items() if isinstance(v, (int, float)))
-        return f"[{bar}] {step}/{self.total} {rate:6.1f} step/s ETA {format_seconds(eta)}  {shown}"
+        parts = [(4, "[" + "#" * int(24 * frac) + "." * (24 - int(24 * frac)) + "]"), (0, f"{step}/{self.total}")]
+        if self.loss is not None:
+            parts.append((0, f"loss {self.loss:.4g}"))
+        parts += [(1, f"ETA {format_seconds(eta)}"), (3, f"{rate:.1f} step/s")]
+        for key, value in self.metrics.items():
+            if isinstance(value, (int, float)):
+                parts.append((5 if key.startswith("train_") else 2, f"{key} {value:.4g}"))
+        return parts
+
+    def _line(self, step: int, width: int | None = None) -> str:
+        """The progress line, at most ``width`` characters (None: everything, as in a log file)."""
+        parts = self._parts(step)
+        line = "  ".join(text for _, text in parts)
+        if width is None:
+            return line
+        while len(line) > width and any(rank for rank, _ in parts):
+            parts.pop(max(range(len(parts)), key=lambda i: (parts[i][0], i)))  # the last part of the highest rank
+            line = "  ".join(text for _, text in parts)
+        return line[:width]
 
     def step(self, step: int, loss: Any = None) -> None:
         """Called every training step; cheap unless it is time to redraw.
@@ -45,9 +67,9 @@ class Progress:
         if now - self._last_draw >= self.min_interval:
             self._last_draw = now
             if loss is not None:
-                self.metrics["loss"] = float(loss)
+                self.loss = float(loss)
             width = shutil.get_terminal_size((120, 24)).columns - 1  # a wrapped line would break the \r redraw
-            self.stream.write("\r\x1b[2K" + self._line(step)[:width])
+            self.stream.write("\r\x1b[2K" + self._line(step, width))
             self.stream.flush()
 
     def evaluated(self, step: int, metrics: dict[str, Any]) -> None:
