@@ -1,4 +1,10 @@
-"""The ``trainlab`` command line: parse, build from registries, call. Nothing else lives here."""
+"""The ``trainlab`` command line: parse, build from registries, call. Nothing else lives here.
+
+Start-up is part of the interface: at the top this module imports only the standard library, the bare
+``trainlab`` package and :mod:`trainlab.errors`; each command imports what it uses when it runs (``trainlab
+report`` no torch at all, ``trainlab list workloads`` not the optimizers), so ``--help`` and the quick commands
+answer at once.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import trainlab
+from trainlab.errors import ConfigError
 
 EXIT_USAGE = 2
 
@@ -64,7 +71,8 @@ examples:
       --ruleset external --trials 5 --studies 3     # tune on a search space: median of per-study best
   trainlab bench --submission my_algo.py --ruleset self    # a Python-file submission, no tuning, 3x budget
   trainlab bench --submission adamw --out results/small --resume   # continue an interrupted bench
-  trainlab bench set-targets --seeds 3              # rerun the tuned baselines; rewrite trainlab/bench/targets.json
+  trainlab bench set-targets --seeds 3              # rerun the tuned baselines: results/targets/targets.json
+  trainlab bench --submission lion --targets results/targets/targets.json   # score against those targets
   trainlab bench report results/small               # rewrite leaderboard.md, plots and report.html
   trainlab bench --submission examples/autolrs_submission.py --ruleset self   # AutoLRS: its own lr per stage
   trainlab bench sensitivity charlm                 # study: final loss vs lr, qk-layernorm / z-loss (--help)
@@ -151,7 +159,6 @@ def build_study_parser(kind: str) -> argparse.ArgumentParser:
 
 def cmd_bench_study(kind: str, ns: argparse.Namespace) -> int:
     from trainlab.bench import studies
-    from trainlab.config import ConfigError
 
     if ns.names and ns.names[0] == "report":
         if len(ns.names) != 2 or not Path(ns.names[1]).is_dir():
@@ -256,8 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", metavar="DIR", help="results directory (default: results/SUITE; set-targets: "
                        "results/targets)")
     bench.add_argument("--resume", action="store_true", help="continue the bench in --out: finished trials are kept")
-    bench.add_argument("--targets-file", metavar="FILE", help="set-targets: where to write (default: the package's "
-                       "trainlab/bench/targets.json)")
+    bench.add_argument("--targets", metavar="FILE", help="read targets and time budgets from FILE (written by "
+                       "`bench set-targets`) instead of the packaged trainlab/bench/targets.json")
+    bench.add_argument("--targets-file", metavar="FILE", help="set-targets: where to write (default: OUT/targets.json; "
+                       "a new file starts from the packaged targets). Only an explicit --targets-file "
+                       "trainlab/bench/targets.json rewrites the packaged file")
     bench.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
 
@@ -270,7 +280,7 @@ def _split_run_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
         elif i == 0:
             config = arg
         else:
-            raise trainlab.config.ConfigError(arg, "expected key=value (a config file may only come first)")
+            raise ConfigError(arg, "expected key=value (a config file may only come first)")
     return config, overrides
 
 
@@ -279,7 +289,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
     config, overrides = _split_run_args(ns.args)
     if ns.resume and config:
-        raise trainlab.config.ConfigError("", "--resume takes the run's saved config; do not pass a config file")
+        raise ConfigError("", "--resume takes the run's saved config; do not pass a config file")
     run(config, overrides, out=ns.out, resume=ns.resume, quiet=ns.quiet, report=not ns.no_report,
         auto_resume=ns.auto_resume)
     return 0
@@ -322,9 +332,16 @@ def _list_optimizers(registry, options: bool) -> None:
     print(f"{len(entries)} optimizers: {by_source}")
 
 
+# What `trainlab list WHAT` shows: (module, registry). Importing only that package keeps `list workloads` from
+# importing the optimizers (and pytorch_optimizer), as importing the run configuration would.
+REGISTRIES = {"workloads": ("trainlab.workloads", "WORKLOADS"), "models": ("trainlab.models", "MODELS"),
+              "optimizers": ("trainlab.optim", "OPTIMIZERS"), "schedules": ("trainlab.schedules", "SCHEDULES")}
+
+
 def cmd_list(ns: argparse.Namespace) -> int:
+    import importlib
+
     from trainlab.config import describe_options
-    from trainlab.train.config import COMPONENTS
 
     if ns.what == "probes":
         from trainlab.probes.registry import PROBES
@@ -337,17 +354,19 @@ def cmd_list(ns: argparse.Namespace) -> int:
         return 0
     if ns.what == "strategies":
         from trainlab.distributed.strategy import STRATEGIES
-        from trainlab.train.config import DistOptions
 
         width = max(len(e.name) for e in STRATEGIES)
         for entry in STRATEGIES:
             print(f"{entry.name:<{width}}  {entry.summary}")
         if ns.options:
+            from trainlab.train.config import DistOptions  # the run configuration (imports the optimizers)
+
             print("\noptions (dist.KEY=VALUE; each names the strategies it applies to):")
             for name, type_name, default, help_text in describe_options(DistOptions):
                 print(f"    dist.{name} = {default!r}  ({type_name}) {help_text}")
         return 0
-    registry = COMPONENTS[ns.what.rstrip("s")]
+    module, attribute = REGISTRIES[ns.what]
+    registry = getattr(importlib.import_module(module), attribute)
     if ns.what == "optimizers":
         try:
             _list_optimizers(registry, ns.options)
@@ -371,7 +390,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
 
     for path in ns.runs:
         if not Path(path).is_dir():
-            raise trainlab.config.ConfigError("", f"{path} is not a directory")
+            raise ConfigError("", f"{path} is not a directory")
     if len(ns.runs) == 1 and ns.out is None:
         out = write_run_report(Path(ns.runs[0]))
     else:
@@ -389,7 +408,7 @@ def _hypothetical_lrs(fit_run: str, spec: Sequence[str]):
     from ``fit_run``'s config.yaml."""
     import yaml
 
-    from trainlab.config import ConfigError, coerce
+    from trainlab.config import coerce
     from trainlab.schedules import annealing_law as law
     from trainlab.schedules.registry import names as schedule_names
 
@@ -472,8 +491,6 @@ def cmd_law(ns: argparse.Namespace) -> int:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from trainlab.config import ConfigError
-
     for flag in ("seeds", "trials", "studies", "threads"):
         value = getattr(ns, flag)
         if value is not None and value < 1:
@@ -483,6 +500,10 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     action = ns.names[0] if ns.names else ""
     if action in ("set-targets", "report") and ns.submission:
         raise ConfigError("--submission", f"`bench {action}` takes no submissions")
+    if action in ("set-targets", "report") and ns.targets:
+        raise ConfigError("--targets", f"`bench {action}` reads no targets (set-targets writes --targets-file)")
+    if action != "set-targets" and ns.targets_file:
+        raise ConfigError("--targets-file", "only `bench set-targets` writes targets; a bench reads --targets")
     if action == "report":
         from trainlab.bench.report import write_report
 
@@ -492,17 +513,17 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         print("trainlab: " + ", ".join(str(p) for p in paths))
         return 0
     if action == "set-targets":
-        from trainlab.bench.suite import TARGETS_FILE
         from trainlab.bench.targets import set_targets
 
-        data = set_targets(ns.names[1:], seeds=ns.seeds, workers=ns.workers, threads=ns.threads,
-                           out=ns.out or "results/targets",
-                           targets_file=ns.targets_file or TARGETS_FILE, progress=not ns.quiet,
+        out = ns.out or "results/targets"
+        targets_file = ns.targets_file or str(Path(out) / "targets.json")  # never the installed package by default
+        data = set_targets(ns.names[1:], seeds=ns.seeds, workers=ns.workers, threads=ns.threads, out=out,
+                           targets_file=targets_file, progress=not ns.quiet,
                            command="trainlab bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "")
         for name, entry in data["workloads"].items():
             print(f"  {name:<24} target {entry['metric']} {entry['target']:.4g}  time budget {entry['time_budget']:g} s  "
                   f"(best per seed {', '.join(f'{b:.4g}' for b in entry['best_per_seed'] if b is not None)})")
-        print(f"trainlab: targets written to {ns.targets_file or TARGETS_FILE}")
+        print(f"trainlab: targets written to {targets_file}; bench against them with --targets {targets_file}")
         return 0
     from trainlab.bench.bench import run_bench
 
@@ -511,7 +532,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     result = run_bench(ns.names, ns.submission, baseline=None if ns.no_baseline else ns.baseline,
                        ruleset=ns.ruleset, seeds=ns.seeds, trials=ns.trials, studies=ns.studies or ns.seeds,
                        workers=ns.workers, threads=ns.threads, backend=ns.backend, heldout=not ns.no_heldout,
-                       out=ns.out, resume=ns.resume, progress=not ns.quiet)
+                       out=ns.out, resume=ns.resume, progress=not ns.quiet, targets=ns.targets)
     print(result.text)
     return 0
 

@@ -14,7 +14,8 @@ TINY_PARITY = BenchWorkload(
 TINY_TEACHER = BenchWorkload(
     name="tiny_teacher", summary="teacher-student regression, d_in 8, MLP 1x32 (tanh)",
     overrides=("workload=teacher_student", "workload.d_in=8", "workload.n_train=256", "workload.n_val=256",
-               "workload.teacher_width=16", "model=mlp", "model.depth=1", "model.width=32", "batch_size=32",
+               "workload.teacher_width=16", "model=mlp", "model.depth=1", "model.width=32",
+               "model.activation=tanh", "batch_size=32",
                "eval_every=20"),
     steps=200, metric="val_mse", higher_is_better=False,
     heldout=("model.activation=relu",), heldout_summary="the same with ReLU",

@@ -57,6 +57,9 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
     (["bench", "report", "/nonexistent/dir"], "expected one results directory"),
     (["bench", "set-targets", "--submission", "adamw"], "takes no submissions"),
     (["bench", "tiny", "--seeds", "0"], "--seeds"),
+    (["bench", "tiny", "--submission", "adamw", "--targets", "/no/such/targets.json"], "is not a file"),
+    (["bench", "set-targets", "--targets", "t.json"], "reads no targets"),
+    (["bench", "tiny", "--submission", "adamw", "--targets-file", "t.json"], "only `bench set-targets` writes"),
 ])
 def test_mistakes_exit_2_with_one_line(args, message, tmp_path, capsys):
     assert cli.main([*args, "--out", str(tmp_path / "o")] if args[1] != "report" else args) == 2
@@ -79,3 +82,36 @@ def test_help_has_examples(capsys):
         cli.main(["bench", "--help"])
     text = capsys.readouterr().out
     assert "trainlab bench set-targets" in text and "--submission my_algo.py" in text
+
+
+def fake_target_setting(trials, out, **_):
+    """Target-setting records without training: best 0.9 (parity) or 0.2 (teacher), 2 s each."""
+    return [{**t.meta, "score": {"best": 0.9 if "parity" in t.meta["workload"] else 0.2, "train_time": 2.0,
+                                 "status": "completed"}} for t in trials]
+
+
+def test_set_targets_writes_under_out_then_a_bench_reads_them_with_targets(tmp_path, monkeypatch, capsys):
+    from trainlab.bench import bench, suite, targets
+
+    packaged = suite.TARGETS_FILE.read_bytes()
+    monkeypatch.setattr(targets, "run_trials", fake_target_setting)
+    out = tmp_path / "targets"
+    assert cli.main(["bench", "set-targets", "tiny", "--seeds", "2", "--out", str(out), "--quiet"]) == 0
+    assert f"targets written to {out / 'targets.json'}" in capsys.readouterr().out
+    assert suite.TARGETS_FILE.read_bytes() == packaged  # the installed package is not written into
+    written = json.loads((out / "targets.json").read_text())["workloads"]
+    assert written["tiny_parity"]["target"] == 0.9 and written["tiny_teacher/heldout"]["target"] == 0.2
+    assert set(json.loads(packaged)["workloads"]) <= set(written)  # a new file starts from the packaged targets
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("planned, not run")
+
+    monkeypatch.setattr(bench, "run_trials", stop)
+    results = tmp_path / "bench"
+    with pytest.raises(RuntimeError, match="planned"):
+        cli.main(["bench", "tiny", *SUBS, "--seeds", "1", "--out", str(results), "--targets",
+                  str(out / "targets.json"), "--quiet"])
+    info = json.loads((results / "bench.json").read_text())  # written before the trials run
+    assert info["targets"]["tiny_parity"]["target"] == 0.9  # not the workload's own 0.95
+    assert info["targets"]["tiny_parity/heldout"]["time_budget"] == written["tiny_parity/heldout"]["time_budget"]
+    assert info["targets_source"]["file"] == str(out / "targets.json")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import pytorch_optimizer
@@ -145,6 +148,39 @@ def test_shadowed_names_are_reachable_as_po_names():
     for entry in OPTIMIZERS:  # and no plain name that pytorch_optimizer's own copy could take is lost
         if entry.meta.get("own") and entry.name in PO_NAMES and entry.name not in external.SKIPPED:
             assert f"po_{entry.name}" in OPTIMIZERS, entry.name
+
+
+def test_lazy_pytorch_optimizer_source_gives_the_names_eager_registration_gave():
+    """pytorch_optimizer's entries come in one block after torch.optim's and trainlab's own (as when they were
+    registered at import), named by external.py's policy: upstream order, ``po_`` for a name already taken."""
+    names = optim.names()
+    po = [e.name for e in po_entries()]
+    start = names.index(po[0])
+    eager = names[:start]
+    assert names[start:start + len(po)] == po
+    taken, expected = set(eager), []
+    for name in PO_NAMES:
+        if name not in external.SKIPPED:
+            expected.append(name if name not in taken else f"{external.PREFIX}{name}")
+            taken.add(expected[-1])
+    assert po == expected
+    sources = [OPTIMIZERS.get(name).meta["source"] for name in eager]
+    assert sources[0].startswith("torch.optim") and not any(s.startswith("torch.optim") for s in sources[12:])
+    assert {"lion", "lamb", "diffgrad", "muon", "dualized", "adamw_schedulefree"} <= set(eager)
+    assert {"po_lion", "po_lamb", "po_diffgrad", "po_muon", "po_radam", "adan"} <= set(po)
+
+
+def test_own_names_do_not_import_pytorch_optimizer():
+    code = ("import sys, torch\n"
+            "from trainlab import optim\n"
+            "params = [torch.zeros(2, requires_grad=True)]\n"
+            "optim.build('adamw', params); optim.build('lion', params); assert 'muon' in optim.OPTIMIZERS\n"
+            "assert 'pytorch_optimizer' not in sys.modules\n"
+            "optim.build('adan', params)\n"
+            "assert 'pytorch_optimizer' in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
 
 
 def test_names_that_are_torch_classes_are_not_registered_twice():

@@ -23,7 +23,7 @@ from typing import Sequence
 from trainlab.bench import plan, submission
 from trainlab.bench.report import BENCH_FILE, leaderboard_table, load, write_report
 from trainlab.bench.runner import BenchError, Trial, check_backend, cores, default_workers, keep_records, run_trials
-from trainlab.bench.suite import HELDOUT, TARGETS_FILE, BenchWorkload, select, targets_file_data
+from trainlab.bench.suite import HELDOUT, TARGETS_FILE, BenchWorkload, select, targets_file_data, with_targets
 from trainlab.bench.tuning import RULESETS
 from trainlab.config import ConfigError
 from trainlab.train.state import atomic_write_text
@@ -40,18 +40,24 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
               ruleset: str = "external", seeds: int = 3, trials: int = 5, studies: int | None = None,
               workers: int | None = None, threads: int | None = None, backend: str = "process",
               heldout: bool = True, out: str | Path | None = None, resume: bool = False,
-              progress: bool = True) -> BenchResult:
+              progress: bool = True, targets: str | Path | None = None) -> BenchResult:
     """Bench ``submissions`` (``--submission`` specs) on the suites/workloads ``names``; see ``trainlab bench -h``.
 
     ``baseline`` is added unless already among them (None: none; speedups are then not computed).
     ``seeds`` repetitions for submissions without a search space (and self-tuning); ``studies`` x ``trials``
     for a search space under external tuning. ``heldout=False`` skips the held-out gate. ``out`` defaults to
-    ``results/SUITE``; an existing bench there is continued only with ``resume=True``.
+    ``results/SUITE``; an existing bench there is continued only with ``resume=True``. ``targets`` is a targets
+    file written by ``set-targets`` to use instead of the packaged ``trainlab/bench/targets.json``.
     """
     if ruleset not in RULESETS:
         raise ConfigError("--ruleset", f"expected one of {', '.join(RULESETS)}, got {ruleset!r}")
     check_backend(backend)
     label, workloads = select(list(names))
+    targets_path = TARGETS_FILE if targets is None else Path(targets)
+    if targets is not None:
+        if not targets_path.is_file():
+            raise ConfigError("--targets", f"{targets_path} is not a file (`trainlab bench set-targets` writes one)")
+        workloads = [with_targets(w, targets_path) for w in workloads]
     subs = [submission.parse(s) for s in submissions]
     base_name = None
     if baseline:
@@ -76,7 +82,7 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
     _validate(phase1, workloads if heldout else [])
     info = _info(label, workloads, subs, base_name, ruleset=ruleset, seeds=seeds, studies=studies, trials=trials,
                  heldout=heldout, workers=default_workers() if workers is None else workers, threads=threads,
-                 backend=backend)
+                 backend=backend, targets_path=targets_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / BENCH_FILE, json.dumps(info, indent=1, default=str) + "\n")
     try:
@@ -117,7 +123,7 @@ def _validate(trials: list[Trial], gated: Sequence[BenchWorkload]) -> None:
 
 
 def _info(label: str, workloads: Sequence[BenchWorkload], subs: Sequence[submission.Submission],
-          baseline: str | None, **settings: object) -> dict:
+          baseline: str | None, *, targets_path: Path, **settings: object) -> dict:
     from trainlab import __version__
 
     targets = {}
@@ -130,13 +136,14 @@ def _info(label: str, workloads: Sequence[BenchWorkload], subs: Sequence[submiss
                                    "step_budget": v.steps}
             except ConfigError:
                 continue
-    source = targets_file_data()
+    source = targets_file_data(targets_path)
     argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
     return {
         "suite": label, "workloads": [w.name for w in workloads],
         "submissions": [{"name": s.name, "spec": s.spec, "describe": s.describe()} for s in subs],
         "baseline": baseline, **settings, "targets": targets,
-        "targets_source": {"file": str(TARGETS_FILE.name), "commit": source.get("commit"), "date": source.get("date"),
+        "targets_source": {"file": TARGETS_FILE.name if targets_path == TARGETS_FILE else str(targets_path),
+                           "commit": source.get("commit"), "date": source.get("date"),
                            "procedure": source.get("procedure")},
         "command": " ".join(shlex.quote(a) for a in argv), "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {cores()} cores, {platform.platform()}", "trainlab": __version__,

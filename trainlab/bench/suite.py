@@ -12,9 +12,10 @@ change, as in AlgoPerf v0.5): the submission's score on the workload counts only
 variant's own target, with the hyperparameters it chose for the base workload (see
 :mod:`trainlab.bench.plan`).
 
-Targets and time budgets come from ``targets.json`` beside this file, written by ``trainlab bench
-set-targets`` (see :mod:`trainlab.bench.targets`). A workload built in Python (tests, a study) may instead
-carry its own ``target`` and ``time_budget``.
+Targets and time budgets come from ``targets.json`` beside this file, or from a targets file that ``trainlab
+bench set-targets`` wrote (``trainlab bench --targets FILE``, :func:`with_targets`; see
+:mod:`trainlab.bench.targets`). A workload built in Python (tests, a study) may instead carry its own
+``target`` and ``time_budget``.
 
 Budgets: ``steps`` is the step budget (4/3 of the target-setting runs' steps, AlgoPerf's ratio) and the
 horizon a submission's schedule spans; the time budget (seconds of training, evaluation excluded) is set from
@@ -139,6 +140,20 @@ def targets_file_data(path: Path = TARGETS_FILE) -> dict[str, Any]:
 def reload_targets() -> None:
     """Forget the cached targets file (after set-targets rewrote it)."""
     _targets.cache_clear()
+
+
+def with_targets(workload: BenchWorkload, path: Path) -> BenchWorkload:
+    """``workload`` carrying the targets and time budgets of itself and its held-out variant from the targets
+    file ``path`` instead of the packaged ones (``trainlab bench --targets FILE``)."""
+    entries = targets_file_data(path).get("workloads", {})
+    names = (workload.name, f"{workload.name}/{HELDOUT}")
+    for name in names:
+        if name not in entries:
+            raise ConfigError("--targets", f"no target for {name} in {path}; run `trainlab bench set-targets "
+                                           f"{workload.name} --targets-file {path}` first")
+    base, heldout = (entries[name] for name in names)
+    return replace(workload, target=float(base["target"]), time_budget=float(base["time_budget"]),
+                   heldout_target=float(heldout["target"]), heldout_time_budget=float(heldout["time_budget"]))
 
 
 def _target_entry(name: str) -> dict[str, Any]:

@@ -12,8 +12,10 @@ never the seeds a bench scores), no target and no time budget. Then
   target-setting steps, is the deterministic one).
 
 The results, with every run's best value and time, the seeds, and per entry the command, git commit and
-date that produced it (a later ``set-targets NAME`` replaces only NAME's entries), are written to
-``trainlab/bench/targets.json``, so anyone can audit or redo them.
+date that produced it (a later ``set-targets NAME`` replaces only NAME's entries), are written to a targets
+file, so anyone can audit or redo them: ``results/targets/targets.json`` by default (``trainlab bench
+--targets FILE`` scores against it), and the packaged ``trainlab/bench/targets.json`` that a bench uses
+otherwise only when it is named explicitly -- an installed package is no place for a command to write into.
 """
 
 from __future__ import annotations
@@ -81,14 +83,17 @@ def summarise(workload: BenchWorkload, variant: str, rows: Sequence[dict[str, An
 
 
 def set_targets(names: Sequence[str] = (), *, seeds: int = 3, workers: int | None = None, threads: int | None = None,
-                out: str | Path = "results/targets", targets_file: str | Path = TARGETS_FILE,
+                out: str | Path = "results/targets", targets_file: str | Path | None = None,
                 progress: bool = True, command: str = "", note: str = "") -> dict[str, Any]:
-    """Run the procedure for the named suites/workloads and merge their entries into ``targets_file``."""
+    """Run the procedure for the named suites/workloads and merge their entries into ``targets_file`` (default:
+    ``OUT/targets.json``). A file that does not exist yet starts as a copy of the packaged targets, so it holds a
+    target for every workload (each entry with its own provenance) and can be passed to ``bench --targets``.
+    """
     _, workloads = select(list(names))
     trials = target_trials(workloads, seeds)
     records = run_trials(trials, out, workers=workers, threads=threads, progress=progress, label="set-targets")
-    path = Path(targets_file)
-    data = json.loads(path.read_text()) if path.is_file() else {}
+    path = Path(targets_file) if targets_file is not None else Path(out) / "targets.json"
+    data = json.loads((path if path.is_file() else Path(TARGETS_FILE)).read_text())
     entries = dict(data.get("workloads", {}))
     command = command or f"trainlab bench set-targets {' '.join(names)} --seeds {seeds}".replace("  ", " ")
     provenance = {"command": command, "commit": _commit(), "date": datetime.date.today().isoformat()}

@@ -191,8 +191,8 @@ class AutoLRS(GradientTransformWrapper):
 
     Args:
         params: tensors or param-group dicts (passed to the base).
-        base: registry name of the base optimizer (default ``"adamw"``); its ``lr`` option only sets the ratios
-            between param groups (AutoLRS sets the lr itself).
+        base: registry name or class of the base optimizer (default ``"adamw"``); its ``lr`` option only sets the
+            ratios between param groups (AutoLRS sets the lr itself, a float each step: a tensor lr is refused).
         lr_min, lr_max: the search range (learning rates; default 1e-4 .. 1e-1), searched in log space.
         candidates: learning rates tried per stage (k; default 5; reference 10).
         explore_steps: steps per tried lr in the first stage (τ'; default 20).
@@ -202,13 +202,15 @@ class AutoLRS(GradientTransformWrapper):
         **base_options: the base optimizer's options (``betas``, ``weight_decay``, ...).
     """
 
-    def __init__(self, params: Iterable[Any], base: str = "adamw", *, lr_min: float = 1e-4, lr_max: float = 1e-1,
-                 candidates: int = 5, explore_steps: int = 20, stage_steps: int = 200, max_stage_steps: int = 1600,
-                 kappa: float = 1.0, **base_options: Any) -> None:
+    def __init__(self, params: Iterable[Any], base: str | type[torch.optim.Optimizer] = "adamw", *,
+                 lr_min: float = 1e-4, lr_max: float = 1e-1, candidates: int = 5, explore_steps: int = 20,
+                 stage_steps: int = 200, max_stage_steps: int = 1600, kappa: float = 1.0, **base_options: Any) -> None:
         if not 0 < lr_min < lr_max:
             raise ValueError(f"AutoLRS needs 0 < lr_min < lr_max, got {lr_min}, {lr_max}")
         if candidates < 1 or explore_steps < 3 or stage_steps < 1:
             raise ValueError("AutoLRS needs candidates >= 1, explore_steps >= 3 and stage_steps >= 1")
+        if isinstance(base_options.get("lr"), Tensor):  # it would be replaced by a float at the first step
+            raise ValueError("AutoLRS sets the learning rate itself (a float each step); give the base a float lr")
         super().__init__(params, base, **base_options)
         self.lr_min, self.lr_max = float(lr_min), float(lr_max)
         self.candidates, self.kappa = int(candidates), float(kappa)

@@ -52,15 +52,15 @@ class CoordClip(GradientTransformWrapper):
 
     Args:
         params: tensors or param-group dicts.
-        base: registry name of the base optimizer (default ``"sgd"``).
+        base: registry name or class of the base optimizer (default ``"sgd"``).
         threshold: clamp each gradient coordinate to ``[-threshold, threshold]`` (default 1.0).
         foreach: ``torch._foreach_*`` form of the clamp (True), :func:`clip_coordinates_reference` (False), or by
                 device (None, default: foreach on CUDA only).
         **base_options: the base optimizer's options (``lr``, ``momentum``, ...).
     """
 
-    def __init__(self, params: Any, base: str = "sgd", threshold: float = 1.0, *, foreach: bool | None = None,
-                 **base_options: Any) -> None:
+    def __init__(self, params: Any, base: str | type[torch.optim.Optimizer] = "sgd", threshold: float = 1.0, *,
+                 foreach: bool | None = None, **base_options: Any) -> None:
         if not threshold > 0.0:
             raise ValueError(f"Invalid threshold: {threshold} (must be > 0)")
         self.threshold = float(threshold)
@@ -79,5 +79,5 @@ class CoordClipOptions:
 
 OPTIMIZERS.add("coordclip", CoordClip, options=CoordClipOptions,
                summary="Clamp each gradient coordinate, then any base optimizer", source="trainlab", own=True,
-               wrapper=True,
+               wrapper=True, tensor_lr=True,
                paper="Pan & Li 2023, Toward Understanding Why Adam Converges Faster Than SGD for Transformers")

@@ -40,7 +40,7 @@ from torch import Tensor
 from trainlab.config import option
 from trainlab.optim.compiled import compiled, scalars
 from trainlab.optim.registry import OPTIMIZERS
-from trainlab.optim.shell import evaluate_closure, groups_with_grads, stepped_state, use_foreach
+from trainlab.optim.shell import evaluate_closure, groups_with_grads, hyperparameter, stepped_state, use_foreach
 
 
 def friction(previous_grad: Tensor, grad: Tensor) -> Tensor:
@@ -119,7 +119,7 @@ class DiffGrad(torch.optim.Optimizer):
 
     Args:
         params: tensors or param-group dicts.
-        lr: learning rate (default 1e-3).
+        lr: learning rate (default 1e-3); a float or a 0-dim tensor.
         betas: decay rates of the first and second moments (default (0.9, 0.999)).
         eps: added to ``sqrt(v)`` (default 1e-8).
         weight_decay: L2 coefficient added to the gradient (default 0).
@@ -130,7 +130,7 @@ class DiffGrad(torch.optim.Optimizer):
                 after a one-off compilation (see :mod:`trainlab.optim.compiled`).
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False, *,
                  foreach: bool | None = None, compile: bool = False) -> None:
         if not lr >= 0.0:
@@ -152,14 +152,15 @@ class DiffGrad(torch.optim.Optimizer):
             (exp_avgs, exp_avg_sqs, previous_grads), steps = stepped_state(
                 self, params, ("exp_avg", "exp_avg_sq", "previous_grad"))
             beta1, beta2 = group["betas"]
+            lr = hyperparameter(group["lr"])
             if group.get("compile"):
-                hyper = scalars((group["lr"], beta1, beta2, group["eps"], group["weight_decay"]), params[0])
-                step_sizes = scalars([_step_size(group["lr"], beta1, beta2, t) for t in steps], params[0])
+                hyper = scalars((lr, beta1, beta2, group["eps"], group["weight_decay"]), params[0])
+                step_sizes = scalars([_step_size(lr, beta1, beta2, t) for t in steps], params[0])
                 compiled(diffgrad_fused)(params, grads, exp_avgs, exp_avg_sqs, previous_grads, hyper, step_sizes,
                                          bool(group["decoupled_weight_decay"]))
                 continue
             update = diffgrad_foreach if use_foreach(group.get("foreach"), params) else diffgrad_reference
-            update(params, grads, exp_avgs, exp_avg_sqs, previous_grads, steps, lr=group["lr"], beta1=beta1,
+            update(params, grads, exp_avgs, exp_avg_sqs, previous_grads, steps, lr=lr, beta1=beta1,
                    beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                    decoupled_weight_decay=group["decoupled_weight_decay"])
         return loss
@@ -180,4 +181,5 @@ class DiffGradOptions:
 
 OPTIMIZERS.add("diffgrad", DiffGrad, options=DiffGradOptions,
                summary="Adam with momentum damped by sigmoid(|g_prev - g|)", source="trainlab", own=True,
+               tensor_lr=True,
                paper="Dubey et al. 2019, diffGrad: An Optimization Method for Convolutional Neural Networks")

@@ -4,6 +4,12 @@ Every name of ``pytorch_optimizer.get_supported_optimizers()`` is registered wit
 constructor signature (:func:`~trainlab.optim.registry.options_from_signature`), ``source`` =
 ``pytorch_optimizer.<ClassName>``, ``own=False`` and, when the class docstring links one, ``paper``.
 
+Lazily: importing this module only adds :func:`register_pytorch_optimizer` as a source of the registry
+(:meth:`~trainlab.registry.Registry.add_source`), which runs at the first lookup of a name that trainlab and
+``torch.optim`` do not have (``build("adan", ...)``) or the first listing of all names. Importing
+``pytorch_optimizer`` (it imports ``torch.distributed.tensor`` and sympy) and inspecting its classes took 0.8 s,
+which every command and every ``build("adamw", ...)`` used to pay. :data:`SKIPPED` is filled by that run.
+
 Policy for names that are already taken (trainlab's own modules and ``torch.optim`` register first): the
 existing entry keeps the name and the pytorch-optimizer class is registered as ``po_<name>``, so both stay
 usable, e.g. to compare ``lion`` with ``po_lion``. A name that ``pytorch_optimizer`` merely re-exports from
@@ -27,11 +33,10 @@ import types
 from collections.abc import Callable
 from typing import Any, Literal, Union, get_args, get_origin
 
-import pytorch_optimizer
 import torch
 
 from trainlab.config import ConfigError, coerce, fields_of, option
-from trainlab.optim.registry import OPTIMIZERS, options_from_signature
+from trainlab.optim.registry import OPTIMIZERS, options_from_signature, takes_tensor_lr
 
 PREFIX = "po_"
 
@@ -207,7 +212,10 @@ def _paper(cls: type) -> str | None:
     return match.group(0).rstrip(".,;)") if match else None
 
 
-def _register_pytorch_optimizer() -> None:
+def register_pytorch_optimizer() -> None:
+    """Register pytorch_optimizer's classes (the registry's source: runs once, after trainlab's own entries)."""
+    import pytorch_optimizer
+
     for name in pytorch_optimizer.get_supported_optimizers():
         name = name.lower()
         try:
@@ -228,7 +236,8 @@ def _register_pytorch_optimizer() -> None:
         if key in OPTIMIZERS:
             SKIPPED[name] = f"both {name!r} and {key!r} are already registered"
             continue
-        meta: dict[str, Any] = {"source": f"pytorch_optimizer.{cls.__name__}", "own": False, "upstream_name": name}
+        meta: dict[str, Any] = {"source": f"pytorch_optimizer.{cls.__name__}", "own": False, "upstream_name": name,
+                                "tensor_lr": takes_tensor_lr(cls)}
         if key != name:
             meta["shadowed_by"] = OPTIMIZERS.get(name).meta.get("source", "trainlab")
         if fixed:
@@ -245,4 +254,4 @@ def _register_pytorch_optimizer() -> None:
         OPTIMIZERS.add(key, factory, options=options, summary=summary, **meta)
 
 
-_register_pytorch_optimizer()
+OPTIMIZERS.add_source(register_pytorch_optimizer)

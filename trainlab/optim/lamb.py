@@ -40,7 +40,7 @@ from torch import Tensor
 from trainlab.config import option
 from trainlab.optim.compiled import compiled, scalars
 from trainlab.optim.registry import OPTIMIZERS
-from trainlab.optim.shell import evaluate_closure, groups_with_grads, stepped_state, use_foreach
+from trainlab.optim.shell import evaluate_closure, groups_with_grads, hyperparameter, stepped_state, use_foreach
 
 
 def _trust_ratio(w_norm: Tensor, u_norm: Tensor, clamp: float | None) -> Tensor:
@@ -117,7 +117,7 @@ class Lamb(torch.optim.Optimizer):
 
     Args:
         params: tensors or param-group dicts.
-        lr: step as a fraction of each tensor's norm (default 1e-3).
+        lr: step as a fraction of each tensor's norm (default 1e-3); a float or a 0-dim tensor.
         betas: decay rates of the first and second moments (default (0.9, 0.999)).
         eps: added to ``sqrt(v_hat)`` (default 1e-6).
         weight_decay: L2 term added to the Adam direction, inside the trust ratio (default 0).
@@ -129,7 +129,7 @@ class Lamb(torch.optim.Optimizer):
                 after a one-off compilation (see :mod:`trainlab.optim.compiled`).
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = True,
                  clamp: float | None = None, *, foreach: bool | None = None, compile: bool = False) -> None:
         if not lr >= 0.0:
@@ -152,16 +152,17 @@ class Lamb(torch.optim.Optimizer):
         for group, params, grads in groups_with_grads(self):
             (exp_avgs, exp_avg_sqs), steps = stepped_state(self, params, ("exp_avg", "exp_avg_sq"))
             beta1, beta2 = group["betas"]
+            lr = hyperparameter(group["lr"])
             if group.get("compile"):
                 ones = [1.0] * len(steps)
                 bc1 = [1.0 - beta1**t for t in steps] if group["bias_correction"] else ones
                 bc2 = [math.sqrt(1.0 - beta2**t) for t in steps] if group["bias_correction"] else ones
-                hyper = scalars((group["lr"], beta1, beta2, group["eps"], group["weight_decay"]), params[0])
+                hyper = scalars((lr, beta1, beta2, group["eps"], group["weight_decay"]), params[0])
                 compiled(lamb_fused)(params, grads, exp_avgs, exp_avg_sqs, hyper, scalars(bc1, params[0]),
                                      scalars(bc2, params[0]), group["clamp"])
                 continue
             update = lamb_foreach if use_foreach(group.get("foreach"), params) else lamb_reference
-            update(params, grads, exp_avgs, exp_avg_sqs, steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+            update(params, grads, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=beta1, beta2=beta2,
                    eps=group["eps"], weight_decay=group["weight_decay"], bias_correction=group["bias_correction"],
                    clamp=group["clamp"])
         return loss
@@ -182,5 +183,5 @@ class LambOptions:
 
 
 OPTIMIZERS.add("lamb", Lamb, options=LambOptions, summary="Adam direction rescaled per tensor by ||p|| / ||update||",
-               source="trainlab", own=True,
+               source="trainlab", own=True, tensor_lr=True,
                paper="You et al. 2020, Large Batch Optimization for Deep Learning: Training BERT in 76 minutes")

@@ -29,7 +29,7 @@ from torch import Tensor
 from trainlab.config import option
 from trainlab.optim.compiled import compiled, scalars
 from trainlab.optim.registry import OPTIMIZERS
-from trainlab.optim.shell import evaluate_closure, groups_with_grads, use_foreach
+from trainlab.optim.shell import evaluate_closure, groups_with_grads, hyperparameter, use_foreach
 
 
 def lion_reference(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], *, lr: float, beta1: float,
@@ -73,7 +73,8 @@ class Lion(torch.optim.Optimizer):
 
     Args:
         params: tensors or param-group dicts.
-        lr: step length per coordinate (default 1e-4).
+        lr: step length per coordinate (default 1e-4); a float or a 0-dim tensor (see
+            :func:`~trainlab.optim.shell.hyperparameter`).
         betas: (beta1, beta2): interpolation for the update sign and momentum decay (default (0.9, 0.99)).
         weight_decay: decoupled decay, ``p *= 1 - lr * weight_decay`` (default 0).
         foreach: the ``torch._foreach_*`` implementation (True), :func:`lion_reference` per tensor (False), or
@@ -82,7 +83,7 @@ class Lion(torch.optim.Optimizer):
                 at the memory-bandwidth floor, after a one-off compilation (see :mod:`trainlab.optim.compiled`).
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, *, foreach: bool | None = None, compile: bool = False) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
@@ -104,12 +105,13 @@ class Lion(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 exp_avgs.append(state["exp_avg"])
             beta1, beta2 = group["betas"]
+            lr = hyperparameter(group["lr"])
             if group.get("compile"):
-                hyper = scalars((group["lr"], beta1, beta2, group["weight_decay"]), params[0])
+                hyper = scalars((lr, beta1, beta2, group["weight_decay"]), params[0])
                 compiled(lion_fused)(params, grads, exp_avgs, hyper)
                 continue
             update = lion_foreach if use_foreach(group.get("foreach"), params) else lion_reference
-            update(params, grads, exp_avgs, lr=group["lr"], beta1=beta1, beta2=beta2,
+            update(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2,
                    weight_decay=group["weight_decay"])
         return loss
 
@@ -126,4 +128,5 @@ class LionOptions:
 
 
 OPTIMIZERS.add("lion", Lion, options=LionOptions, summary="Sign of interpolated momentum (half AdamW's state)",
-               source="trainlab", own=True, paper="Chen et al. 2023, Symbolic Discovery of Optimization Algorithms")
+               source="trainlab", own=True, tensor_lr=True,
+               paper="Chen et al. 2023, Symbolic Discovery of Optimization Algorithms")

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from trainlab.config import ConfigError, option
 from trainlab.optim.newton_schulz import orthogonalize, orthogonalize_exact
 from trainlab.optim.registry import OPTIMIZERS
-from trainlab.optim.shell import evaluate_closure
+from trainlab.optim.shell import evaluate_closure, hyperparameter
 
 Kind = Literal["linear", "conv", "embedding", "vector"]
 _DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -195,7 +195,7 @@ class Dualized(torch.optim.Optimizer):
     Args:
         params (iterable): param-group dicts with ``module_kind`` and ``target``, or tensors (each its own
             atom of mass 1, dualised by its number of dimensions).
-        lr (float): learning rate, in units of the modular norm (default: 0.1).
+        lr (float or Tensor): learning rate, in units of the modular norm (default: 0.1).
         momentum (float): EMA coefficient of the gradient buffer (default: 0.9).
         weight_decay (float): decoupled weight decay (default: 0).
         ns_coefficients (str): Newton–Schulz coefficient set (default: quintic).
@@ -204,9 +204,9 @@ class Dualized(torch.optim.Optimizer):
         exact (bool): orthogonalise by SVD instead of Newton–Schulz (default: False).
     """
 
-    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 ns_coefficients: str = "quintic", ns_steps: int = 5, ns_dtype: str = "auto",
-                 exact: bool = False) -> None:
+    def __init__(self, params: Iterable[Any], lr: float | Tensor = 0.1, momentum: float = 0.9,
+                 weight_decay: float = 0.0, ns_coefficients: str = "quintic", ns_steps: int = 5,
+                 ns_dtype: str = "auto", exact: bool = False) -> None:
         params = list(params)
         if params and isinstance(params[0], Tensor):  # plain tensors: each its own atom, equal shares
             share = 1.0 / len(params)
@@ -217,8 +217,8 @@ class Dualized(torch.optim.Optimizer):
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "ns_coefficients": ns_coefficients,
                     "ns_steps": ns_steps, "ns_dtype": ns_dtype, "exact": exact, "module_kind": "other", "target": 1.0}
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            group.setdefault("initial_lr", group["lr"])
+        for group in self.param_groups:  # a copy of a tensor lr, as torch's LRScheduler keeps it
+            group.setdefault("initial_lr", group["lr"].clone() if isinstance(group["lr"], Tensor) else group["lr"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -243,9 +243,10 @@ class Dualized(torch.optim.Optimizer):
                 update = orth[i] * (math.sqrt(out_f / in_f) * t / k)
             else:
                 update = dualize(buf, kind, t)
+            lr = hyperparameter(group["lr"])
             if group["weight_decay"] != 0:
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.add_(update, alpha=-group["lr"])
+                p.mul_(1 - lr * group["weight_decay"])
+            p.add_(update, alpha=-lr)
         return loss
 
     @staticmethod
@@ -308,7 +309,7 @@ def build_dualized(params: Any, **hparams: Any) -> Dualized:
 OPTIMIZERS.add(
     "dualized", build_dualized, options=DualizedOptions,
     summary="Modular dualisation: per-layer duality maps (orthogonalise, normalise rows) with target norms",
-    source="trainlab.optim.modular_duality", own=True, needs_model=True,
+    source="trainlab.optim.modular_duality", own=True, needs_model=True, tensor_lr=True,
     paper="Bernstein & Newhouse 2024, Modular Duality in Deep Learning; Large et al. 2024, "
           "Scalable Optimization in the Modular Norm",
 )

@@ -66,7 +66,7 @@ from trainlab.config import ConfigError, option
 from trainlab.optim.newton_schulz import orthogonalize
 from trainlab.optim.param_split import split
 from trainlab.optim.registry import OPTIMIZERS
-from trainlab.optim.shell import evaluate_closure
+from trainlab.optim.shell import evaluate_closure, hyperparameter
 
 NSCoefficients = Literal["quintic", "tuned", "you", "polar_express"]
 NSDtype = Literal["auto", "bfloat16", "float32"]
@@ -132,7 +132,7 @@ class Muon(torch.optim.Optimizer):
 
     Args:
         params (iterable): tensors, or param-group dicts; a dict with ``use_muon=False`` is an AdamW group.
-        lr (float): Muon learning rate (default: 0.02).
+        lr (float or Tensor): Muon learning rate (default: 0.02); a 0-dim tensor is read as torch.optim reads one.
         momentum (float): Muon momentum β (default: 0.95).
         nesterov (bool): Nesterov-style momentum (default: True).
         weight_decay (float): Muon decoupled weight decay (default: 0).
@@ -140,7 +140,7 @@ class Muon(torch.optim.Optimizer):
         ns_steps (int): Newton–Schulz iterations (default: 5).
         ns_dtype (str): auto (bf16 on CUDA, float32 elsewhere), bfloat16 or float32 (default: auto).
         scale (str): original or match_rms_adamw (default: original).
-        adam_lr (float): AdamW learning rate (default: 3e-4).
+        adam_lr (float or Tensor): AdamW learning rate (default: 3e-4).
         adam_betas (tuple): AdamW betas (default: (0.9, 0.95)).
         adam_eps (float): AdamW eps (default: 1e-10).
         adam_weight_decay (float): AdamW decoupled weight decay (default: 0).
@@ -149,7 +149,7 @@ class Muon(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 0.02,
+        lr: float | Tensor = 0.02,
         momentum: float = 0.95,
         nesterov: bool = True,
         weight_decay: float = 0.0,
@@ -157,7 +157,7 @@ class Muon(torch.optim.Optimizer):
         ns_steps: int = 5,
         ns_dtype: str = "auto",
         scale: str = "original",
-        adam_lr: float = 3e-4,
+        adam_lr: float | Tensor = 3e-4,
         adam_betas: tuple[float, float] = (0.9, 0.95),
         adam_eps: float = 1e-10,
         adam_weight_decay: float = 0.0,
@@ -180,7 +180,8 @@ class Muon(torch.optim.Optimizer):
         use_muon = bool(group.setdefault("use_muon", True))
         for key, value in (self.muon_defaults if use_muon else self.adam_defaults).items():
             group.setdefault(key, value)
-        group.setdefault("initial_lr", group["lr"])
+        # A copy of a tensor lr, as torch's LRScheduler keeps it: a schedule's lr.fill_() must not move it.
+        group.setdefault("initial_lr", group["lr"].clone() if isinstance(group["lr"], Tensor) else group["lr"])
         if use_muon:
             for i, p in enumerate(group["params"]):
                 if p.ndim < 2:
@@ -217,7 +218,7 @@ class Muon(torch.optim.Optimizer):
         beta = group["momentum"]
         torch._foreach_lerp_(bufs, grads, 1 - beta)
         directions = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
-        lr, wd = group["lr"], group["weight_decay"]
+        lr, wd = hyperparameter(group["lr"]), group["weight_decay"]
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             by_shape[matrix_shape(p.shape)].append(i)
@@ -232,7 +233,7 @@ class Muon(torch.optim.Optimizer):
                 p.add_(O[j].view_as(p), alpha=-step_size)
 
     def _adam_group(self, group: dict[str, Any]) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
+        lr, wd = hyperparameter(group["lr"]), group["weight_decay"]
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -291,6 +292,6 @@ def build_muon(params: Any, *, muon_exclude: str = "", **hparams: Any) -> Muon:
 OPTIMIZERS.add(
     "muon", build_muon, options=MuonOptions,
     summary="Muon: Newton–Schulz-orthogonalised momentum for hidden matrices, AdamW for the rest",
-    source="trainlab.optim.muon", own=True, needs_model=True,
+    source="trainlab.optim.muon", own=True, needs_model=True, tensor_lr=True,
     paper="Jordan et al. 2024, Muon: An optimizer for hidden layers in neural networks",
 )

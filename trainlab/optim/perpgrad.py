@@ -97,7 +97,7 @@ class PerpGrad(GradientTransformWrapper):
 
     Args:
         params: tensors or param-group dicts.
-        base: registry name of the base optimizer (default ``"adamw"``: ⊥AdamW).
+        base: registry name or class of the base optimizer (default ``"adamw"``: ⊥AdamW).
         foreach: ``torch._foreach_*`` form of the projection (True), :func:`perpendicular_reference` (False), or
                 by device (None, default: foreach on CUDA only).
         compile_projection: run :func:`perpendicular_fused` through ``torch.compile`` (default False; a one-off
@@ -105,7 +105,7 @@ class PerpGrad(GradientTransformWrapper):
         **base_options: the base optimizer's options (``lr``, ``betas``, ``weight_decay``, ...).
     """
 
-    def __init__(self, params: Any, base: str = "adamw", *, foreach: bool | None = None,
+    def __init__(self, params: Any, base: str | type[torch.optim.Optimizer] = "adamw", *, foreach: bool | None = None,
                  compile_projection: bool = False, **base_options: Any) -> None:
         super().__init__(params, base, foreach=foreach, **base_options)
         self.compile_projection = compile_projection
@@ -127,5 +127,5 @@ class PerpGradOptions:
 
 OPTIMIZERS.add("perpgrad", PerpGrad, options=PerpGradOptions,
                summary="⊥Grad: gradient orthogonal to the weights, rescaled, then any base optimizer",
-               source="trainlab", own=True, wrapper=True,
+               source="trainlab", own=True, wrapper=True, tensor_lr=True,
                paper="Prieto et al. 2025, Grokking at the Edge of Numerical Stability")

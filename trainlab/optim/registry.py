@@ -1,9 +1,10 @@
 """The optimizer registry: ``name -> optimizer class`` plus typed options and provenance metadata.
 
 Entries carry ``source`` (where the implementation comes from), ``own`` (whether trainlab's own code is
-used) and, where there is one, ``paper``. Options are a dataclass so the command line, YAML and Python
-share one validation path; for third-party classes the dataclass is derived from the constructor signature
-(hyperparameters only: implementation switches such as ``foreach`` or ``fused`` are left to their defaults).
+used), ``tensor_lr`` (whether it accepts a 0-dim tensor learning rate) and, where there is one, ``paper``.
+Options are a dataclass so the command line, YAML and Python share one validation path; for third-party
+classes the dataclass is derived from the constructor signature (hyperparameters only: implementation
+switches such as ``foreach`` or ``fused`` are left to their defaults).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Iterable, Mapping, Union, get_args, get_origin
 import torch
 
 from trainlab.config import ConfigError, build_options, option
-from trainlab.registry import Registry
+from trainlab.registry import Entry, Registry
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
 
@@ -55,6 +56,12 @@ def _doc_help(cls: type, name: str) -> str:
         text = re.split(r"\s*\(default:", " ".join(parts))[0].strip().rstrip(".,")
         return text or f"{cls.__name__} argument"
     return f"{cls.__name__} argument"
+
+
+def takes_tensor_lr(cls: type) -> bool:
+    """Whether ``cls.__init__`` declares ``lr: float | Tensor``, as ``torch.optim``'s classes do."""
+    lr = inspect.signature(cls.__init__).parameters.get("lr")
+    return lr is not None and "Tensor" in str(lr.annotation)
 
 
 def options_from_signature(cls: type, *, skip: Iterable[str] = ()) -> type:
@@ -111,6 +118,24 @@ def resolve_options(name: str, hparams: Mapping[str, Any]) -> Any:
     return build_options(cls, hparams, prefix="optimizer")
 
 
+def _tensor_lrs(entry: Entry, hparams: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The learning rates (``lr``, ``*_lr``) given as tensors, checked: 0-dim, for an entry with ``tensor_lr``.
+
+    Why tensors: under ``torch.compile(optimizer.step)`` a float lr is a constant of the graph, so every new
+    value from a schedule recompiles the step; a tensor changed in place (``group["lr"].fill_(x)``) is an input
+    (see :func:`trainlab.optim.shell.hyperparameter`). A wrapper passes them on to its base, whose own
+    :func:`build` checks the base.
+    """
+    tensors = {k: v for k, v in hparams.items() if isinstance(v, torch.Tensor) and (k == "lr" or k.endswith("_lr"))}
+    for key, value in tensors.items():
+        if value.dim() != 0:
+            raise ConfigError(f"optimizer.{key}", f"a tensor learning rate must be 0-dim, got {tuple(value.shape)}")
+        if not entry.meta.get("tensor_lr", False):
+            raise ConfigError(f"optimizer.{key}", f"{entry.name} takes a float, not a tensor (its class does not "
+                                                  "declare lr: float | Tensor, as torch.optim's do)")
+    return tensors
+
+
 def build(name: str, params: Any, **hparams: Any) -> torch.optim.Optimizer:
     """Build the optimizer registered as ``name`` over ``params``.
 
@@ -119,16 +144,18 @@ def build(name: str, params: Any, **hparams: Any) -> torch.optim.Optimizer:
     hidden matrices from embeddings and heads) receive the module itself, all others ``module.parameters()``.
 
     Hyperparameters are validated against the entry's options (unknown name, wrong type or range gives a
-    :class:`~trainlab.config.ConfigError` naming ``optimizer.<key>``). Example::
+    :class:`~trainlab.config.ConfigError` naming ``optimizer.<key>``). The learning rate may be a 0-dim tensor
+    where the optimizer accepts one (meta ``tensor_lr``); its value is validated like a float. Example::
 
         opt = trainlab.optim.build("adamw", model.parameters(), lr=3e-4, weight_decay=0.1)
     """
     entry = OPTIMIZERS.get(name)
-    opts = resolve_options(name, hparams)
+    tensors = _tensor_lrs(entry, hparams)
+    opts = resolve_options(name, {**hparams, **{key: float(value) for key, value in tensors.items()}})
     if isinstance(params, torch.nn.Module) and not entry.meta.get("needs_model", False):
         params = params.parameters()
     try:
-        return entry.factory(params, **dataclasses.asdict(opts))
+        return entry.factory(params, **{**dataclasses.asdict(opts), **tensors})
     except ConfigError:
         raise
     except ValueError as err:  # torch.optim validates ranges itself ("Invalid beta parameter ...")
@@ -172,7 +199,8 @@ def _register_torch_optim() -> None:
         doc = (cls.__doc__ or "").strip().split("\n")[0]
         fused = "fused" in inspect.signature(cls.__init__).parameters
         OPTIMIZERS.add(attr.lower(), _prefer_fused(cls) if fused else cls, options=options_from_signature(cls),
-                       summary=doc, source=f"torch.optim.{attr}", own=False, fused=fused)
+                       summary=doc, source=f"torch.optim.{attr}", own=False, fused=fused,
+                       tensor_lr=takes_tensor_lr(cls))
 
 
 _register_torch_optim()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import schedulefree
 
-from trainlab.optim.registry import OPTIMIZERS, options_from_signature
+from trainlab.optim.registry import OPTIMIZERS, options_from_signature, takes_tensor_lr
 
 PAPER = "Defazio et al. 2024, The Road Less Scheduled"
 
@@ -38,4 +38,4 @@ for _name, _cls, _summary in (
 ):
     if _cls is not None:
         OPTIMIZERS.add(_name, _cls, options=options_from_signature(_cls), summary=_summary,
-                       source=f"schedulefree.{_cls.__name__}", own=False, paper=PAPER)
+                       source=f"schedulefree.{_cls.__name__}", own=False, paper=PAPER, tensor_lr=takes_tensor_lr(_cls))

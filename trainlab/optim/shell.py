@@ -16,6 +16,19 @@ def evaluate_closure(closure: Callable[[], Any] | None) -> Any:
         return closure()
 
 
+def hyperparameter(value: Any) -> Any:
+    """A group's hyperparameter (``lr``) as an update reads it: a tensor's Python number in eager mode, the
+    tensor itself while ``torch.compile`` traces the step.
+
+    ``torch.optim``'s own rule (``torch.optim.optimizer._get_value``): eagerly, a 0-dim tensor lr gives the same
+    numbers as the float it holds; under compilation it stays a graph input, so a schedule that writes
+    ``group["lr"].fill_(new)`` does not recompile the step.
+    """
+    if isinstance(value, Tensor) and not torch.compiler.is_compiling():
+        return value.item()
+    return value
+
+
 def groups_with_grads(optimizer: torch.optim.Optimizer) -> Iterator[tuple[dict, list[Tensor], list[Tensor]]]:
     """(group, params, grads) for each param group, skipping parameters without a gradient.
 

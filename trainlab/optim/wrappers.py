@@ -1,10 +1,12 @@
-"""Wrappers that transform the gradients, then step any registry optimizer (the *base*).
+"""Wrappers that transform the gradients, then step any optimizer (the *base*).
 
-:class:`GradientTransformWrapper` is the shared plumbing of ``perpgrad`` and ``coordclip``: it builds the base
-through :func:`trainlab.optim.build` with every one of the base's options (nothing is dropped), and it *is*
-the base for everything else -- ``param_groups`` and ``state`` are the base's own objects (so the trainer's
-``group["lr"] = ...`` reaches the base), ``state_dict``/``load_state_dict``/``zero_grad``/``add_param_group``
-delegate to it, and ``train()``/``eval()`` reach bases that have them (schedule-free optimizers).
+:class:`GradientTransformWrapper` is the shared plumbing of ``perpgrad`` and ``coordclip``. It builds the base
+from a registry name through :func:`trainlab.optim.build` with every one of the base's options (nothing is
+dropped), or from an optimizer class called with them as given (``PerpGrad(params, base=torch.optim.AdamW,
+lr=1e-3)``). And it *is* the base for everything else: ``param_groups`` and ``state`` are the base's own
+objects (so the trainer's ``group["lr"] = ...`` reaches the base), ``state_dict``/``load_state_dict``/
+``zero_grad``/``add_param_group`` delegate to it, and ``train()``/``eval()`` reach bases that have them
+(schedule-free optimizers).
 A subclass only implements :meth:`GradientTransformWrapper.transform_`.
 
 Registered with meta ``wrapper=True``, a wrapper's options are its own (``base`` plus e.g. ``threshold``)
@@ -29,18 +31,21 @@ class GradientTransformWrapper(torch.optim.Optimizer):
 
     Args:
         params: tensors or param-group dicts (passed to the base).
-        base: registry name of the base optimizer (e.g. ``"adamw"``).
+        base: registry name of the base optimizer (e.g. ``"adamw"``; options validated by the registry), or an
+            optimizer class (e.g. ``torch.optim.AdamW``; built as ``base(params, **base_options)``).
         foreach: the ``torch._foreach_*`` form of the transform (True), the per-tensor reference (False), or by
                 device (None, default: foreach on CUDA only; per tensor measured faster on CPU).
-        **base_options: every option of the base, validated by the registry (e.g. ``lr``, ``betas``).
+        **base_options: every option of the base (e.g. ``lr``, ``betas``).
     """
 
-    def __init__(self, params: Iterable[Any], base: str, *, foreach: bool | None = None, **base_options: Any) -> None:
+    def __init__(self, params: Iterable[Any], base: str | type[torch.optim.Optimizer], *, foreach: bool | None = None,
+                 **base_options: Any) -> None:
         from trainlab.optim.registry import build  # the registry imports optimizers; avoid a cycle at import
 
-        self.base_name = base
+        self.base_name = base if isinstance(base, str) else base.__name__
         self.foreach = foreach
-        self.optimizer: torch.optim.Optimizer = build(base, params, **base_options)
+        self.optimizer: torch.optim.Optimizer = (build(base, params, **base_options) if isinstance(base, str)
+                                                 else base(params, **base_options))
         # What torch.optim.Optimizer.__init__ sets besides defaults/state/param_groups (those are the base's),
         # so step hooks, state-dict hooks and profiling work on the wrapper itself.
         self._optimizer_step_pre_hooks = OrderedDict()
