@@ -56,6 +56,13 @@ examples:
                                                     # as the fitted run unless steps=N / lr=X is given)
 """
 
+EXPORT_EXAMPLES = """\
+examples:
+  trainlab export runs/grok                       # runs/grok/model.safetensors
+  trainlab export runs/grok --out grok.safetensors
+  python -c "import trainlab; run = trainlab.load_run('runs/grok'); print(run.model)"   # the same model in Python
+"""
+
 REPORT_EXAMPLES = """\
 examples:
   trainlab report runs/grok                       # (re)write runs/grok/report.html
@@ -212,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "distributed strategies.")
     lst.add_argument("what", choices=["workloads", "models", "optimizers", "schedules", "probes", "strategies"])
     lst.add_argument("--options", action="store_true", help="also show each component's options and defaults")
+
+    exp = sub.add_parser("export", help="write a run's final weights as safetensors", epilog=EXPORT_EXAMPLES,
+                         formatter_class=fmt, description="Rebuild the model of RUN_DIR from its config.yaml, load "
+                         "the weights of its newest checkpoint (checksum verified, weights_only) and write them as "
+                         "a safetensors file; the resolved config and the step go into the file's metadata.")
+    exp.add_argument("run", metavar="RUN_DIR")
+    exp.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/model.safetensors)")
 
     rep = sub.add_parser("report", help="write an HTML report of one or more runs", epilog=REPORT_EXAMPLES,
                          formatter_class=fmt, description="Write report.html for one run, or one page comparing "
@@ -385,6 +399,16 @@ def cmd_list(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(ns: argparse.Namespace) -> int:
+    from trainlab.train.load import load_run
+
+    run = load_run(ns.run)
+    out = run.export(ns.out or run.path / "model.safetensors")
+    print(f"trainlab: {sum(p.numel() for p in run.model.state_dict().values()):,} weights of step {run.step} "
+          f"written to {out}")
+    return 0
+
+
 def cmd_report(ns: argparse.Namespace) -> int:
     from trainlab.report import write_compare_report, write_run_report
 
@@ -550,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from trainlab.errors import UserError, one_line
 
-    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "law": cmd_law, "bench": cmd_bench,
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "export": cmd_export, "law": cmd_law, "bench": cmd_bench,
                 "bench-study": lambda ns: cmd_bench_study(ns.study, ns)}
     try:
         return handlers[ns.command](ns)

@@ -51,3 +51,13 @@ def test_load_run_refuses_what_is_not_a_run(tmp_path):
 
 def test_load_run_is_exported_at_the_top_level():
     assert trainlab.load_run is load_run
+
+
+def test_export_command(tmp_path, capsys):
+    from trainlab.cli import main
+
+    run_dir = trainlab.run(None, TINY, out=tmp_path / "run", quiet=True, report=False)
+    assert main(["export", str(run_dir)]) == 0
+    assert (run_dir / "model.safetensors").is_file() and "written to" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"trainlab: error: {tmp_path / 'missing'} holds no trainlab run (no config.yaml)"
