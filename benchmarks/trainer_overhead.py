@@ -53,7 +53,9 @@ import trainlab
 from trainlab import models, workloads
 from trainlab.distributed.env import DistEnv
 from trainlab.train.config import RunConfig, parse_overrides, resolve
-from trainlab.train.loop import build_parts, input_kind_for, train_step
+from trainlab.train.loop import train_step
+from trainlab.train.state import TrainState
+from trainlab.train.training import Training, build_training, input_kind_for
 
 # Per-workload defaults: (steps per timed run, batch size, pairs). One timed run takes about a second, so a burst
 # of load from other processes spoils few pairs; the median over many pairs discards those.
@@ -84,6 +86,12 @@ def config_for(workload: str, steps: int, batch: int, seed: int) -> RunConfig:
     return cfg
 
 
+def fresh_training(cfg: RunConfig) -> tuple[Training, TrainState]:
+    """trainlab's parts for ``cfg`` on this process (built as ``trainlab.run`` builds them) and a state at step 0."""
+    t = build_training(cfg, DistEnv())
+    return t, TrainState.fresh(t)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # (b) The hand-written loop
 
@@ -105,7 +113,7 @@ def plain_setup(cfg: RunConfig) -> Plain:
     spec = workload.spec(kind)
 
     def build_model() -> torch.nn.Module:
-        torch.manual_seed(cfg.train.seed)  # build_parts seeds, then builds the workload (no torch RNG), then the model
+        torch.manual_seed(cfg.train.seed)  # build_training seeds, builds the workload (no torch RNG), then the model
         return models.build(cfg.model.name, spec, **cfg.model.kwargs())
 
     return Plain(cfg, data.x_train, data.y_train, build_model)
@@ -175,15 +183,15 @@ def time_trainlab(workload: str, steps: int, batch: int, seed: int, root: Path, 
 
 def check_equivalence(cfg: RunConfig, plain: Plain, steps: int = 3) -> dict[str, float]:
     """Build trainlab's parts and the plain model; compare initial weights and weights after ``steps`` steps."""
-    parts = build_parts(cfg, DistEnv())
+    t, s = fresh_training(cfg)
     model = plain.build_model()
-    init_diff = max((a - b).abs().max().item() for a, b in zip(parts.model.parameters(), model.parameters()))
-    for s in range(steps):
-        train_step(parts, s)
+    init_diff = max((a - b).abs().max().item() for a, b in zip(t.model.parameters(), model.parameters()))
+    for _ in range(steps):
+        train_step(t, s)
     opt = plain_optimizer(cfg, model)
     plain_train(model, opt, plain.x, plain.y, cfg.train.batch_size, steps, cfg.train.seed)  # type: ignore[arg-type]
-    step_diff = max((a - b).abs().max().item() for a, b in zip(parts.model.parameters(), model.parameters()))
-    if not torch.equal(parts.data.x_train, plain.x):
+    step_diff = max((a - b).abs().max().item() for a, b in zip(t.model.parameters(), model.parameters()))
+    if not torch.equal(t.data.x_train, plain.x):
         raise RuntimeError("trainlab and the plain loop see different training data")
     return {"init_max_abs_diff": init_diff, f"after_{steps}_steps_max_abs_diff": step_diff}
 
@@ -265,17 +273,17 @@ def profile(cfg: RunConfig, plain: Plain, steps: int, limit: int = 10) -> str:
     from torch.profiler import profile as torch_profile
 
     out = []
-    parts = build_parts(cfg, DistEnv())
-    for s in range(20):  # warm-up
-        train_step(parts, s)
+    tr, ts = fresh_training(cfg)  # (t and p name the profiles' tables below)
+    for _ in range(20):  # warm-up
+        train_step(tr, ts)
     model = plain.build_model()
     opt = plain_optimizer(cfg, model)
     b, seed = cfg.train.batch_size, cfg.train.seed
     plain_train(model, opt, plain.x, plain.y, b, 20, seed)  # type: ignore[arg-type]
 
     def run_trainlab() -> None:
-        for s in range(20, 20 + steps):
-            train_step(parts, s)
+        for _ in range(steps):  # train_step takes step ts.step and counts it
+            train_step(tr, ts)
 
     def run_plain() -> None:
         plain_train(model, opt, plain.x, plain.y, b, steps, seed)  # type: ignore[arg-type]
@@ -332,39 +340,41 @@ def _paired(a: Callable[[], Any], b: Callable[[], Any], calls: int, rounds: int 
 def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> str:
     """Time, in isolation, each piece of work trainlab's step and loop do that the plain loop does not.
 
-    1. the loss head: the workload's per-example loss, ``sum * (world/global_count)``, its backward and
-       ``losses.detach().mean()``, against ``cross_entropy(logits.reshape(-1, V), y.reshape(-1))`` and its
-       backward, on the same detached logits (a leaf requiring grad), so the model is not in it;
-    2. step bookkeeping: the lr-multiplier call and per-group lr writes, ``sampler.indices`` and the second
-       ``sampler.global_indices`` call, against the plain loop's ``divmod`` and permutation slice;
-    3. the loop around the step: ``train_loop`` itself with ``train_step`` replaced by a no-op, read from
-       trainlab's own clock (``parts.train_time``), against an empty ``for`` loop;
-    4. with ``trace=true``: the per-step global gradient norm and trace append, against nothing.
+    1. the loss head: the workload's per-example loss, ``batch_loss`` (``sum * (world/global_count)``), its
+       backward and ``losses.detach().mean()``, against ``cross_entropy(logits.reshape(-1, V), y.reshape(-1))``
+       and its backward, on the same detached logits (a leaf requiring grad), so the model is not in it;
+    2. step bookkeeping: ``Training.set_lrs`` (schedule call, per-group lrs, per-group writes),
+       ``sampler.indices`` and the second ``sampler.global_indices`` call, against the plain loop's ``divmod``
+       and permutation slice;
+    3. the loop around the step: ``train_loop`` itself with ``train_step`` replaced by a no-op that only counts
+       the step (``s.step += 1``), read from trainlab's own clock (``TrainState.train_time``), against an
+       empty ``for`` loop;
+    4. with ``trace=true``: the per-step global gradient norm and trace append (with ``Training.logged_lr``),
+       against nothing.
 
     Pieces 1, 2 and 4 mirror the statements of ``trainlab.train.loop.train_step``; update them with it.
     """
     import trainlab.train.loop as loop_mod
+    from trainlab.rundir import RunDir
     from trainlab.train.loop import StopFlag, train_loop
     from trainlab.train.progress import Progress
-    from trainlab.train.rundir import RunDir
+    from trainlab.train.runlog import RunLog
 
-    parts = build_parts(cfg, DistEnv())
+    t, st = fresh_training(cfg)
     b = cfg.train.batch_size
     assert b is not None
-    idx = parts.sampler.indices(0)
+    idx = t.sampler.indices(0)
     with torch.no_grad():
-        logits0 = parts.net(parts.data.x_train[idx])
-    y = parts.data.y_train[idx]
+        logits0 = t.net(t.data.x_train[idx])
+    y = t.data.y_train[idx]
     logits = logits0.clone().requires_grad_(True)
-    workload = parts.workload
-    world = parts.env.world_size
+    workload = t.workload
+    world = t.env.world_size
 
     def head_trainlab() -> None:
-        losses = workload.loss(logits, y)
-        per_example = losses.numel() // max(len(idx), 1)
-        global_count = len(parts.sampler.global_indices(0)) * per_example
+        losses = workload.loss(logits, y)  # what t.objective computes with no loss.* regulariser configured
         logits.grad = None
-        (losses.sum() * (world / global_count)).backward()
+        loop_mod.batch_loss(t, losses, 0, len(idx)).backward()
         losses.detach().mean()
 
     def head_plain() -> None:
@@ -378,18 +388,16 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
         (losses.sum() * (world / losses.numel())).backward()
         losses.detach().mean()
 
-    perm = torch.randperm(parts.data.n_train)
-    per_epoch = parts.data.n_train // b
+    perm = torch.randperm(t.data.n_train)
+    per_epoch = t.data.n_train // b
     counter = iter(range(10**9))
 
     def book_trainlab() -> None:
         step = next(counter) % per_epoch  # stays inside the cached epoch: no randperm on either side
-        lr_scale = parts.lr_multiplier(step)
-        for group, base in zip(parts.optimizer.param_groups, parts.base_lrs):
-            group["lr"] = base * lr_scale
-        parts.sampler.indices(step)
-        len(parts.sampler.global_indices(step))
-        parts.cfg.train.grad_clip is not None  # noqa: B015
+        t.set_lrs(step)
+        t.sampler.indices(step)
+        len(t.sampler.global_indices(step))
+        t.cfg.train.grad_clip is not None  # noqa: B015
 
     def book_plain() -> None:
         step = next(counter) % per_epoch
@@ -399,14 +407,14 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
     # 4. the per-step trace (trace=true, the default since the trace was added): global gradient norm + append.
     trace_on = bool(getattr(cfg.train, "trace", False)) and hasattr(loop_mod, "global_grad_norm")
     if trace_on:
-        train_step(parts, 0)  # leaves gradients on the model, as the trace sees them
-        parts.trace.clear()
+        train_step(t, st)  # leaves gradients on the model, as the trace sees them
+        st.trace.clear()
         zero = torch.zeros(())
 
         def trace_trainlab() -> None:
-            parts.trace.append((0, 0.0, zero, loop_mod.global_grad_norm(parts.model)))
-            if len(parts.trace) > 1000:
-                parts.trace.clear()
+            st.trace.append((0, t.logged_lr(0), zero, loop_mod.global_grad_norm(t.model)))
+            if len(st.trace) > 1000:
+                st.trace.clear()
 
     out = []
     for _ in range(50):
@@ -416,19 +424,29 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
     k_t, k_p = _paired(book_trainlab, book_plain, 3000)
     tr_t, tr_p = _paired(trace_trainlab, lambda: None, 1000) if trace_on else (0.0, 0.0)
 
-    # 3. train_loop with a no-op step: only the loop's own per-iteration work lands in parts.train_time.
+    # 3. train_loop with a no-op step: only the loop's own per-iteration work lands in the state's train_time.
     n_loop = 20000
     loop_cfg = config_for(cfg.workload.name, n_loop, b, cfg.train.seed)
-    lp = build_parts(loop_cfg, DistEnv())
+    lt, ls = fresh_training(loop_cfg)
+    rd = RunDir(root / "anatomy-loop")
+    rd.create()  # the evaluations at steps 0 and n_loop append their rows to it
+    log = RunLog(rd, Progress(n_loop, quiet=True), main=True)
     zero = torch.zeros(())
+
+    def no_op_step(_t: Training, s: TrainState) -> torch.Tensor:
+        s.step += 1  # what train_step does besides the step itself; the loop ends on it
+        return zero
+
     real_step = loop_mod.train_step
-    loop_mod.train_step = lambda p, step: zero  # type: ignore[assignment]
+    loop_mod.train_step = no_op_step  # type: ignore[assignment]
     try:
-        train_loop(lp, RunDir(root / "anatomy-loop"), Progress(n_loop, quiet=True), StopFlag(),
-                   lambda row: None, lambda new: None)
+        status = train_loop(lt, ls, rd, log, StopFlag())
     finally:
         loop_mod.train_step = real_step  # type: ignore[assignment]
-    loop_us = lp.train_time / n_loop * 1e6
+        log.close()
+    if status != "completed" or ls.step != n_loop:
+        raise RuntimeError(f"the no-op train_loop ended {status} at step {ls.step}, not completed at {n_loop}")
+    loop_us = ls.train_time / n_loop * 1e6
     empty_us = _per_call_us(lambda: None, n_loop)  # a Python call per iteration, like the plain loop's body
 
     step_us = plain_step_ms * 1e3
@@ -453,7 +471,7 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
 def ablation(cfg: RunConfig, plain: Plain, steps: int, rounds: int) -> str:
     """In-context cost of each piece: the plain step with one of trainlab's additions at a time, on fresh parts.
 
-    Every variant but one builds fresh parts with ``build_parts`` (so data, model and optimizer are trainlab's
+    Every variant but one builds fresh parts with ``build_training`` (so data, model and optimizer are trainlab's
     own) and times ``steps`` steps; the exception is the benchmark's plain loop on its own build, which shows
     whether trainlab's parts themselves (data tensors, model, optimizer objects) cost anything; variants run in alternating order for ``rounds`` rounds and are reported as the
     median ratio to the plain step. Unlike :func:`anatomy`, which times pieces in a hot loop of their own, this
@@ -465,7 +483,7 @@ def ablation(cfg: RunConfig, plain: Plain, steps: int, rounds: int) -> str:
 
     def variant(loss_tl: bool = False, trace: bool = False, book: bool = False, real: bool = False) -> Callable[[], float]:
         def run() -> float:
-            p = build_parts(cfg, DistEnv())
+            p, st = fresh_training(cfg)
             model, opt, x, y = p.model, p.optimizer, p.data.x_train, p.data.y_train
             b = cfg.train.batch_size
             assert b is not None
@@ -473,14 +491,12 @@ def ablation(cfg: RunConfig, plain: Plain, steps: int, rounds: int) -> str:
             per_epoch, perm = n // b, torch.arange(n)
             t0 = time.perf_counter()
             if real:
-                for s in range(steps):
-                    train_step(p, s)
+                for _ in range(steps):
+                    train_step(p, st)
                 return time.perf_counter() - t0
             for step in range(steps):
                 if book:
-                    lr_scale = p.lr_multiplier(step)
-                    for group, base in zip(p.optimizer.param_groups, p.base_lrs):
-                        group["lr"] = base * lr_scale
+                    p.set_lrs(step)
                     idx = p.sampler.indices(step)
                     len(p.sampler.global_indices(step))
                 else:
@@ -502,7 +518,7 @@ def ablation(cfg: RunConfig, plain: Plain, steps: int, rounds: int) -> str:
                 if loss_tl:
                     loss = losses.detach().mean()
                 if trace:
-                    p.trace.append((step, 0.0, loss, norm))
+                    st.trace.append((step, p.logged_lr(step), loss, norm))
             return time.perf_counter() - t0
         return run
 
@@ -521,7 +537,7 @@ def ablation(cfg: RunConfig, plain: Plain, steps: int, rounds: int) -> str:
         got = {k: fns[k]() for k in order}
         for k in fns:
             ratios[k].append(got[k] / got["plain step"])
-    lines = [(f"  in-context ablation ({steps} steps per variant on fresh build_parts, {rounds} alternating rounds; "
+    lines = [(f"  in-context ablation ({steps} steps per variant on a fresh build_training, {rounds} alternating rounds; "
              f"ratio to the plain step, median and bootstrap 95% CI):")]
     for k, r in ratios.items():
         if k == "plain step":

@@ -31,6 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainlab.errors import RunDirError
+from trainlab.rundir import MANIFEST, RunDir
+
 EXPERIMENTS = Path(__file__).resolve().parent
 REPO = EXPERIMENTS.parent
 FINISHED = {"completed", "reached_target", "diverged", "out_of_time"}
@@ -58,8 +61,12 @@ class Run:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.summary = json.loads((path / "summary.json").read_text())
-        self.rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rd = RunDir.open(path)
+        summary = rd.summary()
+        if summary is None:
+            raise RunDirError(f"{rd.summary_path} not found: the run has not finished")
+        self.summary = summary
+        self.rows = rd.metrics(required=True)
         driver = path / "driver.json"
         self.driver = json.loads(driver.read_text()) if driver.is_file() else {}
 
@@ -174,6 +181,12 @@ def run_dir(claim_dir: Path, arm: Arm, seed: int) -> Path:
     return claim_dir / "runs" / f"{arm.name}-s{seed}"
 
 
+def has_summary(path: Path) -> bool:
+    """Whether the run in ``path`` has ended (finished or interrupted: it wrote summary.json), so that
+    :class:`Run` can read it."""
+    return RunDir(path).summary_path.is_file()
+
+
 def seed_overrides(seed: int, seed_keys: Sequence[str]) -> list[str]:
     return [f"{key}={seed}" for key in seed_keys]
 
@@ -193,14 +206,14 @@ def shell_command(claim_dir: Path, arm: Arm, seed: int, seed_keys: Sequence[str]
 def train(claim_dir: Path, arm: Arm, seed: int, seed_keys: Sequence[str]) -> None:
     """Train (arm, seed) unless it has finished; resume it if it was interrupted."""
     path = run_dir(claim_dir, arm, seed)
-    summary = path / "summary.json"
+    rd = RunDir(path)
+    summary = rd.summary()
     resume = False
-    if summary.is_file():
-        status = json.loads(summary.read_text())["status"]
-        if status in FINISHED:
-            print(f"  skip   {path.relative_to(EXPERIMENTS)} ({status})", flush=True)
+    if summary is not None:
+        if summary.get("status") in FINISHED:
+            print(f"  skip   {path.relative_to(EXPERIMENTS)} ({summary['status']})", flush=True)
             return
-        resume = (path / "checkpoints" / "latest.json").is_file()
+        resume = (rd.checkpoints / MANIFEST).is_file()
     if path.exists() and not resume:
         shutil.rmtree(path)  # a run that died before its first checkpoint: start it again
     args = [sys.executable, "-m", "trainlab", "run"]
@@ -216,7 +229,9 @@ def train(claim_dir: Path, arm: Arm, seed: int, seed_keys: Sequence[str]) -> Non
     (path / "driver.json").write_text(json.dumps({
         "process_wall_s": round(wall, 2), "resumed": resume,
         "command": shell_command(claim_dir, arm, seed, seed_keys)}, indent=1))
-    s = json.loads(summary.read_text())
+    s = rd.summary()
+    if s is None:
+        raise SystemExit(f"trainlab wrote no summary.json in {path}")
     print(f"         {s['status']} at step {s['steps']}, {s['train_time']:.1f} s training, {wall:.1f} s process; "
           f"events {s['events']}", flush=True)
 
@@ -231,8 +246,7 @@ def results_markdown(claim_dir: Path, title: str, arms: Sequence[Arm], seeds: Se
         out += [notes.strip(), ""]
     per_arm_rows, per_run_rows, commands = [], [], []
     for arm in arms:
-        pairs = [(s, Run(run_dir(claim_dir, arm, s))) for s in seeds
-                 if (run_dir(claim_dir, arm, s) / "summary.json").is_file()]
+        pairs = [(s, Run(run_dir(claim_dir, arm, s))) for s in seeds if has_summary(run_dir(claim_dir, arm, s))]
         runs = [r for _, r in pairs]
         if not runs:
             per_arm_rows.append([arm.title, "0", *("not run" for _ in columns)])

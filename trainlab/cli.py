@@ -427,58 +427,21 @@ def _describe(spec: Sequence[str]) -> str:
     return " ".join(spec)
 
 
-def _hypothetical_lrs(fit_run: str, spec: Sequence[str]):
-    """Per-step lrs of a run described by KEY=VALUE words (schedule, schedule.KEY, steps, lr), the rest taken
-    from ``fit_run``'s config.yaml."""
-    import yaml
-
-    from trainlab.config import coerce
-    from trainlab.schedules import annealing_law as law
-    from trainlab.schedules.registry import names as schedule_names
-
-    with open(Path(fit_run) / "config.yaml") as fh:
-        config = yaml.safe_load(fh) or {}
-    steps, lr = int(config.get("steps", 0)), float(config.get("optimizer", {}).get("lr", 0.0))
-    name, options = None, {}
-    for word in spec:
-        key, sep, value = word.partition("=")
-        if not sep:
-            raise ConfigError("law --predict", f"{word!r} is not KEY=VALUE; allowed keys: schedule, schedule.KEY, "
-                              "steps, lr")
-        if key == "schedule":
-            name = value
-        elif key.startswith("schedule."):
-            options[key.removeprefix("schedule.")] = value
-        elif key == "steps":
-            steps = coerce("steps", value, int)
-        elif key == "lr":
-            lr = coerce("lr", value, float)
-        else:
-            raise ConfigError(key, "unknown key for law --predict; allowed: schedule, schedule.KEY, steps, lr")
-    if name is None:
-        raise ConfigError("law --predict", "give the schedule to predict: schedule=NAME (one of "
-                          f"{', '.join(schedule_names())})")
-    if steps < 1 or not lr > 0:
-        raise ConfigError("law --predict", f"needs steps >= 1 and lr > 0 (got steps={steps}, lr={lr})")
-    return law.schedule_lrs(name, steps, lr, **options)
-
-
 def cmd_law(ns: argparse.Namespace) -> int:
     import numpy as np
 
+    from trainlab.errors import RunError, UserError
     from trainlab.schedules import annealing_law as law
-    from trainlab.train.run import RunError
 
-    try:
+    try:  # a run directory's problems are RunDirErrors (UserErrors); a fit that cannot be made is a ValueError
         params = law.fit_run(ns.fit_run)
         curves = {ns.fit_run: law.run_curve(ns.fit_run)}
         curves.update({path: law.run_curve(path) for path in ns.predict_runs})
-    except FileNotFoundError as err:
-        raise RunError(f"{err.filename} not found: law needs run directories with a trace.jsonl "
-                       "(runs record it unless trace=false)") from None
+    except UserError:
+        raise
     except ValueError as err:
         raise RunError(str(err).splitlines()[0]) from None
-    hypothetical = {_describe(spec): _hypothetical_lrs(ns.fit_run, spec) for spec in ns.predict}
+    hypothetical = {_describe(spec): law.hypothetical_lrs(ns.fit_run, spec) for spec in ns.predict}
     print(f"fit on {ns.fit_run}: L0 {params.L0:.4g}  A {params.A:.4g}  alpha {params.alpha:.4g}  C {params.C:.4g}  "
           f"(lambda {params.lam}, lr scale {params.lr_scale:.3g}, fit rmse {params.rmse:.3g})")
     for path, (lrs, losses) in curves.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import Arm, Column, Run, fmt, main, median_range, run_dir, table
+from common import Arm, Column, Run, fmt, has_summary, main, median_range, run_dir, table
 
 SEEDS = [0, 1, 2]
 ARMS = [
@@ -55,7 +55,7 @@ def ratio_section() -> str:
     rows, ratios = [], []
     for s in SEEDS:
         paths = [run_dir(HERE, a, s) for a in ARMS]
-        if not all((p / "summary.json").is_file() for p in paths):
+        if not all(has_summary(p) for p in paths):
             continue
         ga, base = (Run(p) for p in paths)
         g, b = ga.event("generalized"), base.event("generalized")

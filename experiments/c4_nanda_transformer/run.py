@@ -11,7 +11,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import Arm, Column, Run, fmt, main, run_dir, table
+from common import Arm, Column, Run, fmt, has_summary, main, run_dir, table
 
 SEEDS = [0]
 ARMS = [
@@ -63,7 +63,7 @@ def phase_section() -> str:
     out = ["## Phases (values at the last row at or before each step)", ""]
     for arm in ARMS:
         path = run_dir(HERE, arm, SEEDS[0])
-        if not (path / "summary.json").is_file():
+        if not has_summary(path):
             continue
         r = Run(path)
         rows = []

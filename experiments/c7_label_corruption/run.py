@@ -33,14 +33,15 @@ def corrupted_eval(run: Run) -> dict:
     if cache.is_file():
         return json.loads(cache.read_text())
     from trainlab import models, workloads
-    from trainlab.train import state
+    from trainlab.rundir import RunDir, checkpoints
     from trainlab.train.config import load_yaml, resolve
 
-    cfg = resolve([load_yaml(run.path / "config.yaml")])
+    rd = RunDir(run.path)
+    cfg = resolve([load_yaml(rd.config_path)])  # the config as the trainer parses it
     wl = workloads.build(cfg.workload.name, **cfg.workload.kwargs())
     pairs, data = wl.pairs(), wl.data("vector")
     model = models.build(cfg.model.name, wl.spec("vector"), **cfg.model.kwargs())
-    payload = state.load(run.path / "checkpoints")
+    payload = checkpoints.load(rd.checkpoints)
     model.load_state_dict(payload["model"])
     model.eval()
     with torch.no_grad():

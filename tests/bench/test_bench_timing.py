@@ -1,6 +1,5 @@
 """Only training time counts; budgets turn late hits into misses."""
 
-import json
 import math
 import time
 from dataclasses import replace
@@ -9,7 +8,8 @@ from bench_testing import TINY_PARITY
 
 from trainlab.bench import plan, runner
 from trainlab.bench.submission import parse
-from trainlab.bench.timing import read_summary, score_rows
+from trainlab.bench.timing import score_rows
+from trainlab.rundir import RunDir
 from trainlab.train import loop
 
 ROWS = [{"step": 0, "time": 0.0, "val_acc": 0.1}, {"step": 10, "time": 1.0, "val_acc": 0.5},
@@ -42,14 +42,14 @@ def test_slow_evaluation_does_not_change_the_score(tmp_path, monkeypatch):
     assert fast["reached"] and fast["status"] == "reached_target"
     original, calls = loop.evaluate, []
 
-    def slow_evaluate(p, wall):
-        calls.append(p.step)
+    def slow_evaluate(*args):
+        calls.append(args)
         time.sleep(0.4)
-        return original(p, wall)
+        return original(*args)
 
     monkeypatch.setattr(loop, "evaluate", slow_evaluate)
     slow, _ = _run(TINY_PARITY, tmp_path, "slow")
-    summary = read_summary(tmp_path / "slow")
+    summary = RunDir(tmp_path / "slow").summary()
     # they slept: the last row's wall clock is read before its own evaluation, after all earlier ones
     assert len(calls) >= 3 and summary["wall_time"] - summary["train_time"] >= 0.4 * (len(calls) - 1) * 0.9
     assert slow["step"] == fast["step"]  # same seed, same batches: the same evaluation meets the target
@@ -59,11 +59,11 @@ def test_slow_evaluation_does_not_change_the_score(tmp_path, monkeypatch):
 
 def test_time_and_step_budgets_are_enforced(tmp_path):
     score, _ = _run(replace(TINY_PARITY, time_budget=1e-4), tmp_path, "time")
-    summary = read_summary(tmp_path / "time")
+    summary = RunDir(tmp_path / "time").summary()
     assert summary["status"] == "out_of_time" and summary["steps"] == 20  # stopped at the first check
     assert not score["reached"] and score["time"] is None
     score, _ = _run(replace(TINY_PARITY, steps=20), tmp_path, "steps")  # the target needs ~40-60 steps
-    assert read_summary(tmp_path / "steps")["steps"] == 20
+    assert RunDir(tmp_path / "steps").summary()["steps"] == 20
     assert not score["reached"]
-    rows = [json.loads(line) for line in (tmp_path / "steps" / "metrics.jsonl").read_text().splitlines()]
+    rows = RunDir(tmp_path / "steps").metrics()
     assert rows[-1]["step"] == 20

@@ -13,7 +13,7 @@ import torch
 
 from distributed_testing import Stepper, spawn
 from trainlab.distributed.env import DistEnv
-from trainlab.train import checkpoint_io as ckpt
+from trainlab.rundir import checkpoints as ckpt
 
 BASE = ["workload.p=13", "model.width=16", "batch_size=40", "dtype=float64", "steps=50", "trace=false",
         "optimizer.weight_decay=0.1"]

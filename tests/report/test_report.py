@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from trainlab.errors import RunDirError
 from trainlab.report import load_run, plot_compare, plot_run, write_compare_report, write_run_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -197,6 +198,41 @@ def test_empty_metrics_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no metrics") as info:
         load_run(run_dir)
     assert "\n" not in str(info.value)
+
+
+def test_summary_json_is_used_as_written(tmp_path):
+    run_dir = make_run(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(final={"train_acc": 0.5}, wall_time=None, threshold=0.9)  # what the run says, not the rows
+    del summary["command"], summary["events"]["grokking_delay_seconds"]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    run = load_run(run_dir)
+    assert run.summary["final"] == {"train_acc": 0.5} and run.summary["wall_time"] is None
+    assert run.threshold == 0.9 and run.summary["status"] == "completed"
+    # only what it lacks is derived
+    assert run.summary["command"] == "" and run.summary["events"]["grokking_delay_seconds"] == pytest.approx(
+        run.summary["events"]["grokking_delay_steps"] * 0.01)
+
+
+@pytest.mark.parametrize("file, content, problem", [
+    ("summary.json", "{", "summary.json: not valid JSON"),
+    ("events.json", '{"a": 1}', "events.json: expected a list"),
+    ("config.yaml", "a: [", "config.yaml: not valid YAML"),
+    ("config.yaml", "- 1", "config.yaml: expected a mapping"),
+])
+def test_damaged_files_are_one_line_errors(tmp_path, file, content, problem):
+    run_dir = make_run(tmp_path)
+    (run_dir / file).write_text(content)
+    with pytest.raises(RunDirError) as info:
+        load_run(run_dir)
+    assert str(info.value).startswith(f"{run_dir / problem.split(':')[0]}:") and problem in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_inf_written_by_the_trainer_is_read_as_inf(tmp_path):
+    run_dir = make_run(tmp_path, "inf", summary=False, extra_rows=[{"step": 3100, "train_loss": "inf"}])
+    run = load_run(run_dir)
+    assert np.isposinf(run.metrics["train_loss"][-1]) and run.summary["final"]["train_loss"] == float("inf")
 
 
 def test_nulls_nan_and_inf_are_read(tmp_path):

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from trainlab.config import ConfigError
+from trainlab.errors import RunDirError
 from trainlab.schedules import annealing_law as law
 
 TRUE = law.LawParams(L0=2.0, A=1.2, alpha=0.45, C=2e-4, lam=0.999, lr_scale=3e-3)
@@ -77,3 +79,41 @@ def test_fit_run_reads_a_trace_and_predict_for_schedule(tmp_path):
 def test_fit_refuses_too_little_data():
     with pytest.raises(ValueError):
         law.fit(np.ones(3), np.ones(3))
+
+
+def test_run_curve_errors_name_the_trace(tmp_path):
+    with pytest.raises(RunDirError, match="trace.jsonl not found"):
+        law.run_curve(tmp_path)
+    (tmp_path / "trace.jsonl").write_text('{"step": 0, "lr": 0.1}\n{"step": 1, "lr": null}\n')
+    with pytest.raises(RunDirError, match=r"trace.jsonl holds 1 step\(s\) with a finite lr; need at least 2"):
+        law.run_curve(tmp_path)
+
+
+def test_hypothetical_lrs_take_steps_and_lr_from_the_fit_run(tmp_path):
+    (tmp_path / "config.yaml").write_text("optimizer:\n  name: adamw\n  lr: 0.003\nsteps: 200\n")
+    lrs = law.hypothetical_lrs(tmp_path, ["schedule=wsd", "schedule.decay_frac=0.2"])
+    assert np.allclose(lrs, law.schedule_lrs("wsd", 200, 0.003, decay_frac=0.2))
+    lrs = law.hypothetical_lrs(str(tmp_path), ["schedule=cosine", "steps=50", "lr=1e-2"])
+    assert np.allclose(lrs, law.schedule_lrs("cosine", 50, 1e-2))
+
+
+@pytest.mark.parametrize("spec, message", [
+    (["cosine"], "is not KEY=VALUE"),
+    (["schedule=cosine", "warmup=3"], "unknown key for law --predict"),
+    (["steps=10"], "give the schedule to predict"),
+    (["schedule=cosine", "steps=0"], "needs steps >= 1 and lr > 0"),
+    (["schedule=cosine", "steps=ten"], "expected"),
+])
+def test_hypothetical_lrs_errors(tmp_path, spec, message):
+    (tmp_path / "config.yaml").write_text("optimizer:\n  lr: 0.003\nsteps: 200\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        law.hypothetical_lrs(tmp_path, spec)
+    assert "\n" not in str(info.value)
+
+
+def test_hypothetical_lrs_need_the_fit_runs_config(tmp_path):
+    with pytest.raises(RunDirError, match="config.yaml not found"):
+        law.hypothetical_lrs(tmp_path, ["schedule=cosine"])
+    (tmp_path / "config.yaml").write_text("steps: [\n")
+    with pytest.raises(RunDirError, match="config.yaml: not valid YAML"):
+        law.hypothetical_lrs(tmp_path, ["schedule=cosine"])

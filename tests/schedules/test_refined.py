@@ -8,7 +8,8 @@ import pytest
 import trainlab
 from trainlab.config import ConfigError
 from trainlab.schedules import build
-from trainlab.schedules.refined import read_trace, refine, resample
+from trainlab.rundir import RunDir
+from trainlab.schedules.refined import refine, resample
 from trainlab.train.config import parse_overrides, resolve
 
 
@@ -84,7 +85,7 @@ def write_trace(path, norms, torn=True):
 
 def test_reads_a_trace_with_a_torn_last_line_and_missing_norms(tmp_path):
     write_trace(tmp_path / "run", [2.0] * 30 + [None] + [2.0] * 9)
-    rows = read_trace(tmp_path / "run")
+    rows = RunDir(tmp_path / "run").trace()
     assert [r["step"] for r in rows] == list(range(40))
     f = build("refined", 39, from_run=str(tmp_path / "run"))  # 39 finite norms: no resampling needed
     assert [f(t) for t in (0, 19, 38)] == pytest.approx([1.0, 0.5, 0.0])
@@ -114,10 +115,10 @@ def test_refined_run_from_a_previous_run(tmp_path):
     first = trainlab.run(None, TINY, out=tmp_path / "a", quiet=True, report=False)
     overrides = [*TINY[:1], "steps=45", *TINY[2:], "schedule=refined", f"schedule.from_run={first}"]
     second = trainlab.run(None, overrides, out=tmp_path / "b", quiet=True, report=False)
-    trace = read_trace(first)
+    trace = RunDir(first).trace()
     base = trace[0]["lr"]  # the first run's schedule is constant: its lr is the optimizer's base lr
     expected = base * resample(refine(np.array([r["grad_norm"] for r in trace])), 45)  # 60 trace steps -> 45
-    lrs = np.array([r["lr"] for r in read_trace(second)])
+    lrs = np.array([r["lr"] for r in RunDir(second).trace()])
     assert len(lrs) == 45 and np.allclose(lrs, expected, rtol=1e-12, atol=0)
     assert lrs[-1] == 0.0 and lrs.max() == pytest.approx(base)
     assert f"from_run: {first}" in (second / "config.yaml").read_text()

@@ -42,7 +42,7 @@ def test_export_writes_safetensors_with_the_config(tmp_path):
 
 def test_load_run_refuses_what_is_not_a_run(tmp_path):
     with pytest.raises(RunDirError, match="no config.yaml"):
-        load_run(tmp_path)
+        load_run(tmp_path)  # an empty directory
     run_dir = trainlab.run(None, TINY, out=tmp_path / "run", quiet=True, report=False)
     (run_dir / "checkpoints" / "latest.json").unlink()
     with pytest.raises(CheckpointError, match="no checkpoint"):
@@ -60,4 +60,5 @@ def test_export_command(tmp_path, capsys):
     assert main(["export", str(run_dir)]) == 0
     assert (run_dir / "model.safetensors").is_file() and "written to" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing")]) == 2
-    assert capsys.readouterr().err.strip() == f"trainlab: error: {tmp_path / 'missing'} holds no trainlab run (no config.yaml)"
+    missing = tmp_path / "missing"
+    assert capsys.readouterr().err.strip() == f"trainlab: error: not a trainlab run directory: {missing} (does not exist)"

@@ -13,7 +13,7 @@ from trainlab.distributed.env import DistEnv
 from trainlab.train import loop
 from trainlab.train.config import parse_overrides, resolve
 from trainlab.train.progress import Progress
-from trainlab.train.rundir import RunDir
+from trainlab.rundir import RunDir
 from trainlab.train.runlog import RunLog
 from trainlab.train.state import TrainState
 from trainlab.train.training import build_training

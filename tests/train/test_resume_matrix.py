@@ -70,7 +70,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
-    from trainlab.train.checkpoint_io import load
+    from trainlab.rundir.checkpoints import load
 
     return load(run / "checkpoints")["model"]
 

@@ -26,7 +26,7 @@ from trainlab.bench.runner import BenchError, Trial, check_backend, cores, defau
 from trainlab.bench.suite import HELDOUT, TARGETS_FILE, BenchWorkload, select, targets_file_data, with_targets
 from trainlab.bench.tuning import RULESETS
 from trainlab.config import ConfigError
-from trainlab.train.state import atomic_write_text
+from trainlab.rundir.atomic import atomic_write_text
 
 
 @dataclass

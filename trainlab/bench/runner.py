@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from trainlab.bench.timing import TrialScore, finished, score_run
-from trainlab.train.state import atomic_write_text
+from trainlab.rundir.atomic import atomic_write_text
 from trainlab.errors import BenchError  # noqa: F401  (defined there; imported from here too)
 
 RESULTS_FILE = "results.jsonl"

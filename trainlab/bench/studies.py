@@ -49,7 +49,8 @@ from typing import Any, Mapping, Sequence
 from trainlab.bench.runner import BenchError, Trial, cores, keep_records, load_records, run_trials, trial_id
 from trainlab.bench.submission import fmt
 from trainlab.config import ConfigError
-from trainlab.train.state import atomic_write_text
+from trainlab.rundir import RunDir
+from trainlab.rundir.atomic import atomic_write_text
 
 STUDY_FILE = "study.json"
 SUMMARY = "summary.md"
@@ -143,26 +144,16 @@ def _finite(value: Any) -> float:
 def eval_losses(run_dir: Path, column: str = "val_loss") -> tuple[float, float]:
     """(loss at step 0, loss at the last evaluation) of ``column`` in ``metrics.jsonl`` (inf when missing or
     not finite)."""
-    from trainlab.bench.timing import read_rows
-
-    rows = [r for r in read_rows(run_dir) if column in r]
+    rows = [r for r in RunDir(run_dir).metrics() if column in r]
     if not rows:
         return math.inf, math.inf
-    first = next((r for r in rows if r.get("step") == 0), None)
+    first = next((r for r in rows if r["step"] == 0), None)
     return (_finite(first[column]) if first else math.inf), _finite(rows[-1][column])
 
 
 def tail_train_loss(run_dir: Path, frac: float = TAIL_FRAC) -> float:
     """Mean per-step batch loss over the last ``frac`` of the steps in ``trace.jsonl`` (inf if not finite)."""
-    path = Path(run_dir) / "trace.jsonl"
-    if not path.is_file():
-        return math.inf
-    losses = []
-    for line in path.read_text().splitlines():
-        try:
-            losses.append(json.loads(line).get("loss", math.nan))
-        except json.JSONDecodeError:
-            continue
+    losses = [row.get("loss") for row in RunDir(run_dir).trace()]
     if not losses:
         return math.inf
     tail = [x if isinstance(x, (int, float)) else math.nan for x in losses[-max(1, round(len(losses) * frac)):]]

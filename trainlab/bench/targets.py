@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from trainlab.bench.plan import TARGET_SEED_OFFSET, target_trials
 from trainlab.bench.runner import cores, run_trials
 from trainlab.bench.suite import HELDOUT, TARGETS_FILE, BenchWorkload, reload_targets, select
-from trainlab.train.state import atomic_write_text
+from trainlab.rundir.atomic import atomic_write_text
 
 BUDGET_RATIO = 4 / 3
 SHARED_MACHINE_SLACK = 2.0

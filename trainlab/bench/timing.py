@@ -9,11 +9,13 @@ also when it diverged, ran out of time or was interrupted before.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from trainlab.errors import RunDirError
+from trainlab.rundir import RunDir
 
 FINISHED = ("completed", "reached_target", "out_of_time", "diverged")
 
@@ -40,29 +42,15 @@ class TrialScore:
         return TrialScore(**d)
 
 
-def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line of an interrupted run
-    return rows
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "summary.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def finished(run_dir: str | Path) -> bool:
-    """Whether the run in ``run_dir`` ended for a reason a rerun would not change (not interrupted)."""
-    summary = read_summary(run_dir)
+    """Whether the run in ``run_dir`` ended for a reason a rerun would not change (not interrupted).
+
+    A trial whose ``summary.json`` cannot be read is not finished: the bench runs it again.
+    """
+    try:
+        summary = RunDir(run_dir).summary()
+    except RunDirError:
+        return False
     return summary is not None and summary.get("status") in FINISHED
 
 
@@ -96,8 +84,9 @@ def best_value(rows: list[dict[str, Any]], metric: str, higher_is_better: bool) 
 def score_run(run_dir: str | Path, metric: str, target: float | None, higher_is_better: bool, *,
               time_budget: float | None = None, step_budget: int | None = None) -> TrialScore:
     """Score the run in ``run_dir``. With ``target`` None (a study's trial) only best value and status are read."""
-    rows = read_rows(run_dir)
-    summary = read_summary(run_dir) or {}
+    rd = RunDir(run_dir)
+    rows = rd.metrics()
+    summary = rd.summary() or {}
     time, step = (math.inf, None) if target is None else score_rows(
         rows, metric, target, higher_is_better, time_budget=time_budget, step_budget=step_budget)
     return TrialScore(

@@ -25,11 +25,10 @@ import yaml
 from trainlab.report.plots import _safe, metric_label, plot_compare, plot_run
 from trainlab.report.probe_plots import MAX_COMPARE_FIGURES, plot_compare_probes, plot_probes, shared_probe_keys
 from trainlab.report.runs import Run, load_run
+from trainlab.rundir import PLOTS, REPORT
 
 __all__ = ["write_run_report", "write_compare_report"]
 
-REPORT_FILE = "report.html"
-PLOTS_DIR = "plots"
 
 _CSS = """
 :root { --fg: #1f2328; --muted: #656d76; --line: #d0d7de; --bg-soft: #f6f8fa; --accent: #0969da; }
@@ -79,8 +78,8 @@ footer { margin-top: 40px; color: var(--muted); font-size: 0.8rem; }
 def write_run_report(run_dir: str | Path) -> Path:
     """Write ``plots/*.png`` and ``report.html`` into the run directory ``run_dir``; returns the page's path."""
     run = load_run(run_dir)
-    plots = plot_run(run, run.path / PLOTS_DIR)
-    probe_plots = plot_probes(run, run.path / PLOTS_DIR)
+    plots = plot_run(run, run.path / PLOTS)
+    probe_plots = plot_probes(run, run.path / PLOTS)
     body = [
         _header(run.name, _run_meta(run)),
         _notes([run]),
@@ -90,7 +89,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         _probes_section([run], probe_plots),
         _section("Configuration", _run_details(run, open_config=True)),
     ]
-    out = run.path / REPORT_FILE
+    out = run.path / REPORT
     out.write_text(_page(f"trainlab report: {run.name}", body), encoding="utf-8")
     return out
 

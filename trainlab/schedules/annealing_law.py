@@ -34,13 +34,17 @@ Conventions of this implementation:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from trainlab.schedules.refined import finite_column, read_trace
+from trainlab.config import ConfigError, coerce
+from trainlab.errors import RunDirError
+from trainlab.rundir import RunDir
+from trainlab.schedules.refined import finite_column
 
 
 @dataclass(frozen=True)
@@ -187,12 +191,14 @@ def fit(lrs: np.ndarray, losses: np.ndarray, *, lam: float = 0.999, start: int |
 def run_curve(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(lrs, losses) per step from ``run_dir/trace.jsonl``; losses are NaN where the trace has none.
 
-    Steps missing from the trace get the lr of linear interpolation (a torn last line is skipped).
+    Steps missing from the trace get the lr of linear interpolation (a torn last line is skipped). A missing
+    trace, or one with fewer than 2 rows with a finite lr, is a one-line :class:`RunDirError`.
     """
-    rows = read_trace(run_dir)
+    rd = RunDir(run_dir)
+    rows = rd.trace(required=True)
     lr_steps, lr_values = finite_column(rows, "lr")
     if len(lr_steps) < 2:
-        raise ValueError(f"{Path(run_dir) / 'trace.jsonl'} holds fewer than 2 usable rows")
+        raise RunDirError(f"{rd.trace_path} holds {len(lr_steps)} step(s) with a finite lr; need at least 2")
     steps = np.arange(int(lr_steps.max()) + 1)
     lrs = np.interp(steps, lr_steps, lr_values)
     losses = np.full(len(steps), np.nan)
@@ -220,6 +226,44 @@ def schedule_lrs(schedule_name: str, total_steps: int, base_lr: float, **schedul
 
     multiplier = build(schedule_name, total_steps, **schedule_options)
     return base_lr * np.array([multiplier(t) for t in range(total_steps)], dtype=np.float64)
+
+
+def hypothetical_lrs(fit_run: str | Path, spec: Sequence[str]) -> np.ndarray:
+    """Per-step lrs of a run described by ``KEY=VALUE`` words (``schedule``, ``schedule.KEY``, ``steps``, ``lr``),
+    the steps and lr not given taken from ``fit_run``'s ``config.yaml`` (``trainlab law --predict``).
+
+    A word that is not ``KEY=VALUE`` or names another key, a missing schedule, or steps < 1 / lr <= 0 is a
+    :class:`ConfigError`; a ``config.yaml`` that is missing or damaged is a :class:`RunDirError`.
+    """
+    from trainlab.schedules.registry import names as schedule_names
+
+    config = RunDir(fit_run).config(required=True)
+    optimizer = config.get("optimizer")
+    steps: Any = config.get("steps", 0)
+    lr: Any = optimizer.get("lr", 0.0) if isinstance(optimizer, dict) else 0.0
+    name, options = None, {}
+    for word in spec:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise ConfigError("law --predict", f"{word!r} is not KEY=VALUE; allowed keys: schedule, schedule.KEY, "
+                              "steps, lr")
+        if key == "schedule":
+            name = value
+        elif key.startswith("schedule."):
+            options[key.removeprefix("schedule.")] = value
+        elif key == "steps":
+            steps = coerce("steps", value, int)
+        elif key == "lr":
+            lr = coerce("lr", value, float)
+        else:
+            raise ConfigError(key, "unknown key for law --predict; allowed: schedule, schedule.KEY, steps, lr")
+    if name is None:
+        raise ConfigError("law --predict", "give the schedule to predict: schedule=NAME (one of "
+                          f"{', '.join(schedule_names())})")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (steps, lr))
+    if not (numbers and int(steps) >= 1 and lr > 0):
+        raise ConfigError("law --predict", f"needs steps >= 1 and lr > 0 (got steps={steps}, lr={lr})")
+    return schedule_lrs(name, int(steps), float(lr), **options)
 
 
 def predict_for_schedule(params: LawParams, schedule_name: str, total_steps: int, base_lr: float,

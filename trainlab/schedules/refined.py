@@ -19,15 +19,15 @@ faster-than-linear final anneal. Rising norms alone give no warm-up: ``w`` and t
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trainlab.config import ConfigError, option
+from trainlab.errors import RunDirError
+from trainlab.rundir import RunDir
 from trainlab.schedules.registry import Multiplier, register
 
 
@@ -76,25 +76,6 @@ def resample(values: np.ndarray, total: int) -> np.ndarray:
     return out / peak if peak > 0 else out
 
 
-def read_trace(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of ``run_dir/trace.jsonl`` in step order (the last row of a repeated step wins).
-
-    Lines that are not JSON objects -- a line torn by a crash, typically the last -- are skipped.
-    Raises ``FileNotFoundError`` if the file is missing.
-    """
-    path = Path(run_dir) / "trace.jsonl"
-    by_step: dict[int, dict[str, Any]] = {}
-    with path.open() as fh:
-        for line in fh:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int):
-                by_step[row["step"]] = row
-    return [by_step[k] for k in sorted(by_step)]
-
-
 def finite_column(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of the rows whose ``key`` is a finite number (JSON null or "inf" are skipped)."""
     steps, values = [], []
@@ -107,10 +88,10 @@ def finite_column(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_norms(path: str, mtime_ns: int, size: int) -> np.ndarray:
-    """A trace's finite gradient norms; cached by (path, mtime, size): validation, the config check and the
-    trainer each build the schedule, and a long run's trace is large."""
-    _, norms = finite_column(read_trace(Path(path).parent), "grad_norm")
+def _cached_norms(run_dir: str, stamp: tuple[int, int]) -> np.ndarray:
+    """A trace's finite gradient norms; cached by the trace's (mtime, size) ``stamp``: validation, the config
+    check and the trainer each build the schedule, and a long run's trace is large."""
+    _, norms = finite_column(RunDir(run_dir).trace(required=True), "grad_norm")
     norms.setflags(write=False)
     return norms
 
@@ -120,16 +101,18 @@ def load_grad_norms(run_dir: str, key: str = "schedule.from_run") -> np.ndarray:
     if not run_dir:
         raise ConfigError(key, "required: a run directory whose trace.jsonl holds gradient norms "
                                "(e.g. schedule.from_run=runs/NAME)")
-    path = Path(run_dir) / "trace.jsonl"
-    if not path.is_file():
-        raise ConfigError(key, f"{path} not found (runs record it unless trace=false)")
+    rd = RunDir(run_dir)
     try:
-        stat = path.stat()
-        norms = _cached_norms(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    except OSError as err:
-        raise ConfigError(key, f"{path} cannot be read: {err.strerror or err}") from None
+        stat = rd.trace_path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        stamp = (0, 0)  # no trace: reading it raises the error that says so (errors are not cached)
+    try:
+        norms = _cached_norms(str(rd.path.resolve()), stamp)
+    except RunDirError as err:
+        raise ConfigError(key, str(err)) from None
     if len(norms) < 2:
-        raise ConfigError(key, f"{path} holds {len(norms)} step(s) with a finite grad_norm; need at least 2")
+        raise ConfigError(key, f"{rd.trace_path} holds {len(norms)} step(s) with a finite grad_norm; need at least 2")
     return norms
 
 

@@ -28,6 +28,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from trainlab.rundir.summary import from_events
+
 SPIKE_FACTOR = 2.0
 SLINGSHOT_NORM_GROWTH = 0.05
 ENTROPY_COLLAPSE_FRACTION = 0.1
@@ -133,17 +135,5 @@ class EventTracker:
         return new
 
     def summary(self) -> dict[str, Any]:
-        mem, gen = self.fired("memorized"), self.fired("generalized")
-        out: dict[str, Any] = {}
-        for e in self.events:  # the first occurrence; repeating events also get a count
-            out.setdefault(e.name, e.step)
-        for name in REPEATING:
-            count = sum(e.name == name for e in self.events)
-            if count:
-                out[f"{name}_count"] = count
-        out.setdefault("memorized", None)
-        out.setdefault("generalized", None)
-        both = mem is not None and gen is not None
-        out["grokking_delay_steps"] = gen.step - mem.step if both else None  # type: ignore[union-attr]
-        out["grokking_delay_seconds"] = round(gen.time - mem.time, 3) if both else None  # type: ignore[union-attr]
-        return out
+        """The ``events`` entry of ``summary.json`` (:func:`trainlab.rundir.summary.from_events`)."""
+        return from_events([e.to_dict() for e in self.events], REPEATING)

@@ -24,9 +24,8 @@ from torch import nn
 from trainlab import models, workloads
 from trainlab.errors import CheckpointError, RunDirError
 from trainlab.models.setup import apply_param_options
-from trainlab.train import checkpoint_io
+from trainlab.rundir import RunDir, checkpoints
 from trainlab.train.config import RunConfig, from_cli
-from trainlab.train.rundir import RunDir
 from trainlab.train.training import input_kind_for
 
 __all__ = ["LoadedRun", "load_run"]
@@ -61,12 +60,11 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedR
     Raises :class:`~trainlab.errors.RunDirError` when ``path`` holds no run and
     :class:`~trainlab.errors.CheckpointError` when it has no checkpoint that loads safely.
     """
-    rd = RunDir(Path(path))
-    config_file = rd.path / "config.yaml"
-    if not config_file.is_file():
-        raise RunDirError(f"{rd.path} holds no trainlab run (no config.yaml)")
-    cfg = from_cli(str(config_file), [])
-    payload = checkpoint_io.load(rd.checkpoints, map_location=device)
+    rd = RunDir.open(path)
+    if not rd.config_path.is_file():
+        raise RunDirError(f"{rd.path} holds no config.yaml: the model cannot be rebuilt")
+    cfg = from_cli(str(rd.config_path), [])
+    payload = checkpoints.load(rd.checkpoints, map_location=device)
     state = payload["ranks"][0]["model"] if "ranks" in payload else payload["model"]
     model = build_model(cfg, torch.device(device))
     try:
@@ -74,9 +72,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedR
     except RuntimeError as err:
         raise CheckpointError(f"the checkpoint in {rd.checkpoints} does not fit the model of config.yaml: "
                               f"{str(err).strip().splitlines()[0]}") from None
-    summary_file = rd.path / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
-    return LoadedRun(rd.path, cfg, model.eval(), int(payload["step"]), rd.metrics(), summary)
+    return LoadedRun(rd.path, cfg, model.eval(), int(payload["step"]), rd.metrics(), rd.summary())
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> nn.Module:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from trainlab.distributed.env import DistEnv
 from trainlab.train.evaluation import evaluate, timing_row
-from trainlab.train.rundir import RunDir
+from trainlab.rundir import RunDir
 from trainlab.train.runlog import RunLog
 from trainlab.train.state import TrainState, save_checkpoint
 from trainlab.train.training import Training

@@ -13,7 +13,8 @@ import torch
 
 from trainlab.config import ConfigError
 from trainlab.distributed import env as dist_env
-from trainlab.train import checkpoint_io as ckpt
+from trainlab.rundir import checkpoints as ckpt
+from trainlab.rundir import summary as summarize
 from trainlab.train.config import RESUMABLE_KEYS, RunConfig, for_resume, from_cli
 from trainlab.train.loop import StopFlag, train_loop
 from trainlab.train.state import TrainState, restore, save_checkpoint
@@ -22,7 +23,7 @@ from trainlab.train.progress import Progress
 from trainlab.train.runlog import RunLog
 from trainlab.train.tensorboard import TensorBoardLog
 from trainlab.train.tensorboard import require as require_tensorboard
-from trainlab.train.rundir import RunDir, new_run_dir, timestamp, versions
+from trainlab.rundir import RunDir, new_run_dir, timestamp, versions
 from trainlab.errors import RunError  # noqa: F401  (defined there; imported from here too)
 
 
@@ -57,10 +58,10 @@ def run(
         raise RunError("--auto-resume needs --out DIR (the directory a restarted launch continues) and no --resume")
     if resume is not None:
         rd = RunDir(Path(resume))
-        if not (rd.path / "config.yaml").is_file():
+        if not rd.config_path.is_file():
             raise RunError(f"cannot resume {rd.path}: it holds no trainlab run (no config.yaml)")
         try:
-            cfg = for_resume(rd.path / "config.yaml", overrides)
+            cfg = for_resume(rd.config_path, overrides)
         except ConfigError as err:
             if err.key in RESUMABLE_KEYS or any(o.partition("=")[0].strip() == err.key for o in overrides):
                 raise  # a mistake in this command's own overrides
@@ -104,7 +105,7 @@ def _auto_resume_verdict(cfg: RunConfig, rd: RunDir) -> str:
     """``--auto-resume`` on the main process: "new", "fresh" (a run without a checkpoint), "resume", or "error: ..."."""
     if not rd.has_run():
         return "new"
-    saved_path = rd.path / "config.yaml"
+    saved_path = rd.config_path
     if not saved_path.is_file():
         return "fresh"
     try:
@@ -158,7 +159,7 @@ def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str
     state = _start(t, rd, resuming)
     if env.is_main:
         rd.create()
-        cfg.save(rd.path / "config.yaml")
+        rd.write_config(cfg.to_yaml())
         rd.write_json("events.json", [e.to_dict() for e in state.tracker.events])
     tensorboard = None
     if env.is_main and cfg.train.tensorboard:
@@ -216,21 +217,11 @@ def _flush_subnormals(device: torch.device) -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
-def _probe_summary(t: Training, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each configured probe's total seconds and calls (its overhead beside ``train_time``), and the skipped."""
-    cost = {}
-    for name in t.cfg.probes.names:
-        seconds = [r[f"probe_seconds/{name}"] for r in rows if f"probe_seconds/{name}" in r]
-        cost[name] = {"calls": len(seconds), "seconds": round(sum(seconds), 3)}
-    return {"cost": cost, "skipped": dict(t.prober.skipped)}
-
-
 def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) -> dict[str, Any]:
+    """summary.json: what the logs say (:mod:`trainlab.rundir.summary`, the same functions a report of an
+    unfinished run uses) plus what only the trainer knows."""
     rows = rd.metrics()
     metric = t.workload.metric
-    val_key = f"val_{metric}"
-    finite_vals = [r[val_key] for r in rows if isinstance(r.get(val_key), (int, float))]
-    best = (max if t.workload.higher_is_better else min)(finite_vals) if finite_vals else None
     return {
         "name": rd.path.name,
         "status": status,
@@ -242,14 +233,12 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) 
         "metric": metric,
         "higher_is_better": t.workload.higher_is_better,
         "threshold": s.tracker.threshold,
+        **summarize.from_rows(rows, metric, t.workload.higher_is_better),
         "steps": s.step,
         "steps_planned": t.steps,
         "train_time": round(s.train_time, 3),
-        "wall_time": round(rows[-1]["wall"], 3) if rows else None,
-        "final": rows[-1] if rows else {},
-        f"best_val_{metric}": best,
         "events": s.tracker.summary(),
-        "probes": _probe_summary(t, rows),
+        "probes": {"cost": summarize.probe_cost(rows, t.cfg.probes.names), "skipped": dict(t.prober.skipped)},
         "event_list": [e.to_dict() for e in s.tracker.events],
         "parameters": sum(p.numel() for p in t.model.parameters()),
         "device": str(t.env.device),

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from trainlab.train.events import Event, EventTracker
 from trainlab.train.progress import Progress
-from trainlab.train.rundir import RunDir
+from trainlab.rundir import RunDir
 from trainlab.train.tensorboard import TensorBoardLog
 
 
@@ -38,7 +38,7 @@ class RunLog:
 
     def trace(self, rows: list[dict[str, Any]]) -> None:
         if self.main and rows:
-            self.rd.append_jsonl(self.rd.trace_path, rows)
+            self.rd.append_trace(rows)
             if self.tensorboard is not None:
                 self.tensorboard.add_trace(rows)
 

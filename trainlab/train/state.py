@@ -20,16 +20,11 @@ import torch
 from torch import Tensor
 
 from trainlab.errors import CheckpointError
-from trainlab.train import checkpoint_io as io
+from trainlab.rundir import RunDir
+from trainlab.rundir import checkpoints
 from trainlab.train.config import RESUMABLE_KEYS, RunConfig
 from trainlab.train.events import EventTracker
-from trainlab.train.rundir import RunDir
 from trainlab.train.training import Training
-
-# The checkpoint IO, until its move to trainlab.rundir lands (bench modules import it from here).
-atomic_write_text = io.atomic_write_text
-atomic_write_bytes = io.atomic_write_bytes
-save, load, latest_manifest, FORMAT_VERSION = io.save, io.load, io.latest_manifest, io.FORMAT_VERSION
 
 
 @dataclass
@@ -89,7 +84,7 @@ def save_checkpoint(t: Training, s: TrainState, rd: RunDir, wall: float) -> None
     if t.env.is_main or needs_all_ranks(t):
         payload = checkpoint_payload(t, s, wall)
         if t.env.is_main:
-            io.save(rd.checkpoints, s.step, payload)
+            checkpoints.save(rd.checkpoints, s.step, payload)
 
 
 def restore(t: Training, payload: dict[str, Any]) -> TrainState:
