@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import trainlab
 from trainlab.errors import ConfigError
@@ -124,11 +124,19 @@ Writes study.json, results.jsonl, summary.md, plots/loss_vs_lr.png, plots/best_l
 STUDIES = ("sensitivity", "transfer")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with trainlab's error format: one line on stderr naming the mistake and where help is, exit 2
+    (argparse's own prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"trainlab: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_study_parser(kind: str) -> argparse.ArgumentParser:
     """The parser of ``trainlab bench sensitivity`` / ``trainlab bench transfer`` (see trainlab.bench.studies)."""
     fmt = argparse.RawDescriptionHelpFormatter
     if kind == "sensitivity":
-        p = argparse.ArgumentParser(
+        p = Parser(
             prog="trainlab bench sensitivity", epilog=SENSITIVITY_EXAMPLES, formatter_class=fmt,
             description="LR-sensitivity study (Wortsman et al. 2023): train each workload and variant (qk-layernorm, "
                         "z-loss) over a log grid of learning rates and report final loss vs lr and the LR sensitivity.")
@@ -139,7 +147,7 @@ def build_study_parser(kind: str) -> argparse.ArgumentParser:
                        help="among base, qk, zloss, qk+zloss (default: all four)")
         p.add_argument("--steps", type=int, default=600, metavar="N", help="training steps per trial (default 600)")
     else:
-        p = argparse.ArgumentParser(
+        p = Parser(
             prog="trainlab bench transfer", epilog=TRANSFER_EXAMPLES, formatter_class=fmt,
             description="LR-transfer study: best learning rate vs width of an MLP on mnist1d for each optimizer "
                         "(default: adamw, muon and the modular-dualized optimizer).")
@@ -190,7 +198,7 @@ def cmd_bench_study(kind: str, ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="trainlab",
         description="Train deep networks with the algorithms of the training literature, watch their dynamics, "
                     "rank them.",
@@ -543,6 +551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[ns.command](ns)
     except UserError as err:  # every mistake a user can fix: one line, exit 2 (anything else is a bug)
         print(f"trainlab: {err.kind}: {one_line(err)}", file=sys.stderr)
+    except OSError as err:
+        if err.filename is None:  # not about a path the user gave: a bug, keep the traceback
+            raise
+        print(f"trainlab: error: {err.filename}: {err.strerror or one_line(err)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("trainlab: aborted", file=sys.stderr)
         return 130

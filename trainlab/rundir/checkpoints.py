@@ -74,7 +74,10 @@ def load(checkpoint_dir: Path, map_location: str | torch.device = "cpu") -> dict
     manifest = latest_manifest(checkpoint_dir)
     if manifest is None:
         raise CheckpointError(f"no checkpoint in {checkpoint_dir} (no {MANIFEST})")
-    path = checkpoint_dir / str(manifest["file"])
+    name = str(manifest["file"])
+    if Path(name).name != name or not name.endswith(".pt"):  # only a file of this directory, never ../elsewhere
+        raise CheckpointError(f"{checkpoint_dir / MANIFEST} names {name!r}, not a checkpoint file of {checkpoint_dir}")
+    path = checkpoint_dir / name
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} named in {MANIFEST} is missing")
     data = path.read_bytes()

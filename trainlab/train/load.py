@@ -26,6 +26,7 @@ from trainlab.errors import CheckpointError, RunDirError
 from trainlab.models.setup import apply_param_options
 from trainlab.rundir import RunDir, checkpoints
 from trainlab.train.config import RunConfig, from_cli
+from trainlab.train.state import check_config
 from trainlab.train.training import input_kind_for
 
 __all__ = ["LoadedRun", "load_run"]
@@ -65,6 +66,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedR
         raise RunDirError(f"{rd.path} holds no config.yaml: the model cannot be rebuilt")
     cfg = from_cli(str(rd.config_path), [])
     payload = checkpoints.load(rd.checkpoints, map_location=device)
+    check_config(payload.get("config"), cfg)  # config.yaml edited after training: the weights are another model's
     state = payload["ranks"][0]["model"] if "ranks" in payload else payload["model"]
     model = build_model(cfg, torch.device(device))
     try:

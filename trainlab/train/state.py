@@ -136,7 +136,7 @@ def check_config(saved: dict[str, Any] | None, cfg: RunConfig) -> None:
             sub = next(k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k))
             key, before, after = f"{key}.{sub}", before.get(sub), after.get(sub)
         raise CheckpointError(f"config.yaml says {key}={_show(after)} but the checkpoint was trained with "
-                              f"{key}={_show(before)}; a resume may change only {', '.join(sorted(RESUMABLE_KEYS))}")
+                              f"{key}={_show(before)}; only {', '.join(sorted(RESUMABLE_KEYS))} may differ")
 
 
 def _show(value: Any) -> str:

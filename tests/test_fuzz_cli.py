@@ -1,0 +1,372 @@
+"""Fuzz: malformed command lines and tampered run directories get one line and exit code 2, never a traceback.
+
+Cases are generated from a seeded random stream, so a failure names a case that reproduces: every generated
+command line is a user mistake by construction (one invalid element among valid ones), and it must be refused
+with exit code 2 and exactly one line on stderr that starts with ``trainlab:``. Tampered run directories are
+copies of one real, small run with one file damaged, edited, replaced or removed; every command that reads run
+directories (report, run --resume, export, law, a refined schedule built from it) must then either succeed
+(exit 0: the damage does not concern it) or refuse with one line -- never raise.
+
+The commands run in this process through :func:`trainlab.cli.main` (what the ``trainlab`` script calls), so an
+exception that escapes is a traceback the user would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import string
+from pathlib import Path
+
+import pytest
+
+import trainlab
+from trainlab.cli import main
+
+SEED = 20261206
+N_RUN_CASES = 240  # generated `trainlab run` mistakes
+QUIET = ["--quiet", "--no-report"]
+
+# ------------------------------------------------------------------------------------------------ harness
+
+
+def invoke(args: list[str], capsys) -> tuple[int, str]:
+    """Run ``trainlab ARGS`` in-process: (exit code, stderr). An escaping exception fails the test as it is."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as stop:  # argparse's --help / usage errors
+        code = stop.code if isinstance(stop.code, int) else 2
+    return code, capsys.readouterr().err
+
+
+def assert_refused(args: list[str], capsys, why: str = "") -> str:
+    code, err = invoke(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, f"{args} ({why}) exited {code}, stderr: {err!r}"
+    assert len(lines) == 1 and lines[0].startswith("trainlab:"), f"{args} ({why}): not one line: {err!r}"
+    return lines[0]
+
+
+def assert_ok_or_refused(args: list[str], capsys, why: str = "") -> int:
+    code, err = invoke(args, capsys)
+    if code == 0:
+        return 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("trainlab:"), f"{args} ({why}): {code} {err!r}"
+    return 2
+
+
+# ------------------------------------------------------------------------------------------------ run mistakes
+
+# Keys with their option type, for type mistakes (one of each kind of type the config understands).
+TYPED = {
+    "steps": int, "seed": int, "batch_size": int, "eval_every": int, "checkpoint_every": int,
+    "grad_clip": float, "threshold": float, "time_budget": float, "stop_at_target": bool, "compile": bool,
+    "trace": bool, "dtype": "literal", "device": "literal", "autocast": "literal",
+    "optimizer.lr": float, "optimizer.weight_decay": float, "optimizer.betas": "pair", "optimizer.amsgrad": bool,
+    "model.width": int, "model.depth": int, "model.activation": "literal", "model.bias": bool,
+    "workload.p": int, "workload.train_frac": float, "workload.op": "literal", "schedule.warmup": int,
+    "loss.z_loss": float, "loss.function": "literal", "param.init": "literal", "param.output_scale": float,
+    "probes.every": int, "probes.examples": int, "dist.strategy": "literal", "dist.inner_steps": int,
+}
+WRONG = {
+    int: ["abc", "1.5", "true", "[1,2]", "", "1e400", "0x1g", "½"],
+    float: ["abc", "nan", "inf", "-inf", "1,2", "true", "[]", "1e99999", "0.1.2"],
+    bool: ["maybe", "2", "yes please", "1.0", "[]", "nul"],
+    "literal": ["zzz", "CPU ", "float16", "42", "ñ"],
+    "pair": ["0.9", "0.9,0.9,0.9", "a,b", "(0.9;0.99)"],
+}
+OUT_OF_RANGE = ["steps=0", "steps=-5", "eval_every=0", "batch_size=-1", "checkpoint_every=-1", "grad_clip=0",
+                "optimizer.lr=-1", "optimizer.weight_decay=-0.1", "model.width=0", "workload.train_frac=1.5",
+                "workload.train_frac=0", "probes.hessian_k=100", "dist.alpha=2", "dist.outer_momentum=1",
+                "loss.elr_beta=1", "param.output_scale=0", "time_budget=0", "eval_examples=-1",
+                "optimizer.betas=1.5,0.9", "model.depth=-1", "workload.p=1", "probes.examples=0"]
+CONFLICTS = [  # each valid alone, refused together (or needing something the machine lacks)
+    ["target_metric=val_acc", "target=0.5"], ["target_metric=val_loss"], ["dist.inner_steps=3"],
+    ["dist=diloco", "dist.dgc_density=0.5"], ["dist=fsdp", "dist.compression=dgc"],
+    ["schedule=cosine", "schedule.warmup=5000", "steps=100"], ["workload=mnist1d", "model=transformer"],
+    ["optimizer=agd"], ["param.mup_base_width=32", "optimizer=muon"], ["device=cuda"], ["device=mps"],
+    ["dist.compression=powersgd"], ["schedule=refined"], ["schedule=refined", "schedule.from_run=/no/such/run"],
+    ["probes=nonexistent"], ["loss=stablemax", "workload=teacher_student"], ["model.width=300000"],
+    ["workload.p=300000"], ["dist=streaming_diloco", "dist.fragments=100"], ["optimizer=perpgrad",
+    "optimizer.base=nosuch"], ["optimizer=perpgrad", "optimizer.base=perpgrad"], ["schedule=step",
+    "schedule.step_size=0"], ["schedule=multistep", "schedule.milestones=2,1"], ["workload=charlm",
+    "workload.path=/etc"], ["workload=mnist", "workload.root=/nonexistent"],
+]
+SYNTAX = ["steps", "=3", " =3", "..=1", "optimizer..lr=1", "optimizer.lr.x=1", "probes.every.x=1", ".steps=1",
+          "steps.x=1", "loss.z_loss.a=1", "workload.=1", "optimizer.=1", "model.width.=3"]
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice(string.ascii_lowercase + "_") for _ in range(rng.randint(3, 12))) + "x"
+
+
+def run_mistakes(rng: random.Random, n: int) -> list[tuple[list[str], str]]:
+    """``n`` generated command lines, each with exactly one kind of mistake, plus valid neighbours."""
+    valid = ["workload.p=11", "model.width=8", "steps=3", "eval_every=1", "optimizer.lr=1e-3", "seed=1"]
+    kinds = ["unknown_key", "unknown_option", "unknown_name", "wrong_type", "range", "syntax", "conflict",
+             "unknown_section_value"]
+    cases = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        if kind == "unknown_key":
+            bad = [f"{_word(rng)}=1"]
+        elif kind == "unknown_option":
+            bad = [f"{rng.choice(['optimizer', 'model', 'workload', 'schedule', 'loss', 'param', 'probes', 'dist'])}."
+                   f"{_word(rng)}={rng.randint(0, 9)}"]
+        elif kind == "unknown_name":
+            bad = [f"{rng.choice(['optimizer', 'model', 'workload', 'schedule'])}={_word(rng)}"]
+        elif kind == "wrong_type":
+            key = rng.choice(sorted(TYPED))
+            bad = [f"{key}={rng.choice(WRONG[TYPED[key]])}"]
+        elif kind == "range":
+            bad = [rng.choice(OUT_OF_RANGE)]
+        elif kind == "syntax":
+            bad = [rng.choice(SYNTAX)]
+        elif kind == "conflict":
+            bad = list(rng.choice(CONFLICTS))
+        else:
+            bad = [f"{rng.choice(['loss', 'param', 'dist'])}={_word(rng)}"]
+        keys = {b.partition("=")[0].strip() for b in bad}
+        others = [v for v in rng.sample(valid, rng.randint(0, len(valid))) if v.partition("=")[0] not in keys]
+        args = others + bad
+        rng.shuffle(args)
+        cases.append((args, kind))
+    return cases
+
+
+def test_generated_run_mistakes_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = random.Random(SEED)
+    seen = {}
+    for args, kind in run_mistakes(rng, N_RUN_CASES):
+        line = assert_refused(["run", *args, *QUIET, "--out", str(tmp_path / "never")], capsys, kind)
+        seen.setdefault(kind, line)
+    assert len(seen) == 8  # every kind of mistake was generated and refused
+    assert not (tmp_path / "never").exists()  # nothing was written for a refused command
+
+
+# ------------------------------------------------------------------------------------------------ config files
+
+CONFIG_FILES = {
+    "missing": None,
+    "a directory": "DIR",
+    "not UTF-8": b"\xff\xfe\x00steps: 3\n",
+    "invalid YAML": b"steps: [3\n",
+    "a list": b"- steps: 3\n",
+    "a scalar": b"42\n",
+    "unknown key": b"stepz: 3\n",
+    "deep nesting": b"optimizer: {lr: {value: 3}}\n",
+    "component as number": b"optimizer: 3\n",
+    "component as list": b"optimizer: [adamw]\n",
+    "non-string key": b"1: 2\n",
+    "section as list": b"probes: [[1]]\n",
+    "tabs": b"steps:\t3\n\tseed: 1\n",
+    "binary": bytes(range(256)),
+    "empty name": b"optimizer: {name: ''}\n",
+    "null name": b"optimizer: {name: null, lr: 1}\n",
+    "anchor bomb": b"a: &a [1,1,1,1]\nb: &b [*a,*a,*a,*a]\nsteps: *b\n",
+    "python tag": b"steps: !!python/object/apply:os.system ['echo hi']\n",
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIG_FILES))
+def test_malformed_config_files_are_refused_in_one_line(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    content = CONFIG_FILES[name]
+    path = tmp_path / "config.yaml"
+    if content == "DIR":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    assert_refused(["run", str(path), *QUIET, "--out", str(tmp_path / "never")], capsys, name)
+
+
+# ------------------------------------------------------------------------------------------------ other commands
+
+def other_command_mistakes(tmp: Path) -> list[list[str]]:
+    not_run = tmp / "empty"
+    not_run.mkdir()
+    a_file = tmp / "file.txt"
+    a_file.write_text("hello")
+    return [
+        ["nosuch"], ["run", "--nosuch"], ["list"], ["list", "bogus"], ["list", "optimizers", "extra"],
+        ["report"], ["report", str(tmp / "missing")], ["report", str(not_run)], ["report", str(a_file)],
+        ["export", str(not_run)], ["export", str(a_file)], ["export"],
+        ["law"], ["law", str(not_run)], ["law", str(a_file)], ["law", str(tmp / "missing")],
+        ["run", "--resume", str(tmp / "missing")], ["run", "--resume", str(a_file)], ["run", "--resume", str(not_run)],
+        ["run", "--auto-resume"], ["run", str(a_file), "x=1", "--out", str(tmp / "never")],
+        ["run", "steps=3", "extra_positional"], ["run", "--out", str(a_file / "sub"), "steps=1", *QUIET],
+        ["bench", "--seeds", "0", "--submission", "adamw"], ["bench", "--workers", "-1", "--submission", "adamw"],
+        ["bench", "nosuch", "--submission", "adamw"], ["bench", "--submission", "optimizer=nosuch"],
+        ["bench", "--submission", str(tmp / "missing.py")], ["bench", "--submission", str(a_file)],
+        ["bench", "--submission", "adamw optimizer.lr=loguniform(1,0)"],
+        ["bench", "--submission", "adamw optimizer.lr=uniform(a,b)"], ["bench", "--ruleset", "bogus"],
+        ["bench", "report", str(not_run)], ["bench", "report"], ["bench", "set-targets", "--submission", "adamw"],
+        ["bench", "--no-baseline"], ["bench", "--trials", "-2", "--submission", "adamw"],
+        ["bench", "sensitivity", "nosuch"], ["bench", "sensitivity", "--lrs", "a,b"],
+        ["bench", "sensitivity", "--variants", "nosuch"], ["bench", "transfer", "--widths", "x"],
+        ["bench", "transfer", "--optimizers", "nosuch"], ["bench", "transfer", "extra"],
+        ["bench", "sensitivity", "report", str(not_run)], ["bench", "transfer", "--steps", "0"],
+    ]
+
+
+def test_mistakes_in_the_other_commands_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in other_command_mistakes(tmp_path):
+        assert_refused(args, capsys)
+
+
+# ------------------------------------------------------------------------------------------------ tampered runs
+
+def _tampers(run: Path) -> dict[str, callable]:
+    """name -> function that damages a copy of ``run`` in one way."""
+    ckpt = run / "checkpoints"
+
+    def write(name: str, data: bytes):
+        return lambda d: (d / name).write_bytes(data)
+
+    def edit(name: str, old: str, new: str):
+        return lambda d: (d / name).write_text((d / name).read_text().replace(old, new))
+
+    def newest(d: Path) -> Path:
+        return sorted((d / "checkpoints").glob("step_*.pt"))[-1]
+
+    return {
+        "metrics empty": write("metrics.jsonl", b""),
+        "metrics garbage line": lambda d: (d / "metrics.jsonl").write_text(
+            "{not json}\n" + (d / "metrics.jsonl").read_text()),
+        "metrics not UTF-8": write("metrics.jsonl", b"\xff\xfe{}\n"),
+        "metrics rows not objects": write("metrics.jsonl", b"[1, 2]\n3\n"),
+        "metrics step not a number": write("metrics.jsonl", b'{"step": "x", "val_loss": 1}\n'),
+        "metrics removed": lambda d: (d / "metrics.jsonl").unlink(),
+        "metrics a directory": lambda d: ((d / "metrics.jsonl").unlink(), (d / "metrics.jsonl").mkdir()),
+        "trace garbage": write("trace.jsonl", b"\x00\x01garbage\n{}\n"),
+        "trace removed": lambda d: (d / "trace.jsonl").unlink(),
+        "summary invalid JSON": write("summary.json", b"{"),
+        "summary a list": write("summary.json", b"[1, 2]"),
+        "summary wrong types": write("summary.json", b'{"final": 3, "events": [], "probes": 7, "steps": "x"}'),
+        "summary not UTF-8": write("summary.json", b"\xff\xfe"),
+        "events invalid": write("events.json", b"{{"),
+        "events wrong shape": write("events.json", b'[{"nam": 1}]'),
+        "config removed": lambda d: (d / "config.yaml").unlink(),
+        "config invalid YAML": write("config.yaml", b"workload: [\n"),
+        "config not UTF-8": write("config.yaml", b"\xff\xfe"),
+        "config another workload": edit("config.yaml", "name: sparse_parity", "name: modular"),
+        "config another width": edit("config.yaml", "width: 8", "width: 9"),
+        "config another seed": edit("config.yaml", "seed: 0\n", "seed: 5\n"),
+        "config unknown key": lambda d: (d / "config.yaml").write_text((d / "config.yaml").read_text() + "bogus: 1\n"),
+        "manifest invalid": write("checkpoints/latest.json", b"{oops"),
+        "manifest wrong sha": lambda d: (ckpt_of(d) / "latest.json").write_text(
+            (ckpt_of(d) / "latest.json").read_text().replace('"sha256": "', '"sha256": "0')),
+        "manifest points outside": lambda d: (ckpt_of(d) / "latest.json").write_text(
+            '{"file": "../../../etc/passwd", "step": 1, "sha256": "00"}'),
+        "manifest missing keys": write("checkpoints/latest.json", b'{"file": "x"}'),
+        "manifest a list": write("checkpoints/latest.json", b"[]"),
+        "checkpoint truncated": lambda d: newest(d).write_bytes(newest(d).read_bytes()[:100]),
+        "checkpoint garbage": lambda d: newest(d).write_bytes(b"PK\x03\x04" + bytes(200)),
+        "checkpoint removed": lambda d: newest(d).unlink(),
+        "checkpoints removed": lambda d: shutil.rmtree(d / "checkpoints"),
+        "checkpoints a file": lambda d: (shutil.rmtree(d / "checkpoints"), (d / "checkpoints").write_text("x")),
+        "report dir is a file": lambda d: (d / "plots").write_text("x") if not (d / "plots").exists() else None,
+    }
+
+
+def ckpt_of(d: Path) -> Path:
+    return d / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fuzz") / "run"
+    trainlab.run(overrides=["workload=sparse_parity", "workload.n=10", "workload.n_train=64", "workload.n_val=32",
+                            "model.width=8", "steps=6", "eval_every=3", "checkpoint_every=3"],
+                 out=out, quiet=True, report=False)
+    return out
+
+
+# (tamper, command) pairs where success would be silent acceptance of a damaged or edited file. What is not
+# here may succeed: a report needs no checkpoint, a resume rewrites the logs from its checkpoint, the law and a
+# refined schedule read only trace.jsonl.
+MUST_REFUSE = {
+    *{(t, c) for t in ("config another workload", "config another width", "config another seed", "config unknown key",
+                       "config invalid YAML", "config not UTF-8", "manifest invalid", "manifest wrong sha",
+                       "manifest points outside", "manifest missing keys", "manifest a list", "checkpoint truncated",
+                       "checkpoint garbage", "checkpoint removed", "checkpoints removed", "checkpoints a file")
+      for c in ("resume", "export")},
+    *{(t, "report") for t in ("metrics empty", "metrics garbage line", "metrics not UTF-8", "metrics rows not objects",
+                              "metrics removed", "metrics a directory", "summary invalid JSON", "summary a list",
+                              "summary not UTF-8", "events invalid", "events wrong shape", "config invalid YAML",
+                              "config not UTF-8")},
+    *{(t, c) for t in ("trace garbage", "trace removed") for c in ("law", "refined")},
+}
+
+
+def test_tampered_run_directories_are_refused_in_one_line_or_still_work(small_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused = set()
+    tampers = _tampers(small_run)
+    for i, (name, damage) in enumerate(tampers.items()):
+        commands = {
+            "report": lambda d: ["report", d, "--out", str(tmp_path / f"r{i}.html")],
+            "resume": lambda d: ["run", "--resume", d, *QUIET],
+            "export": lambda d: ["export", d, "--out", str(tmp_path / f"w{i}.safetensors")],
+            "law": lambda d: ["law", d],
+            "refined": lambda d: ["run", "workload=sparse_parity", "workload.n=10", "workload.n_train=64",
+                                  "model.width=8", "steps=2", "schedule=refined", f"schedule.from_run={d}",
+                                  *QUIET, "--out", str(tmp_path / f"refined-{i}")],
+        }
+        for command, args in commands.items():
+            copy = tmp_path / f"{i}-{command}"
+            shutil.copytree(small_run, copy)
+            damage(copy)
+            code = assert_ok_or_refused(args(str(copy)), capsys, f"{name} / {command}")
+            if code == 2:
+                refused.add((name, command))
+    missing = MUST_REFUSE - refused
+    assert not missing, f"accepted although damaged: {sorted(missing)}"
+
+
+# ------------------------------------------------------------------------------------------------ named cases
+
+def _named_cases(run: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """The tracebacks the issue reported, each with the words of the one line that replaces it."""
+    not_run = tmp / "not-a-run"
+    not_run.mkdir(exist_ok=True)
+    (not_run / "notes.txt").write_text("hello")
+    empty = tmp / "empty-metrics"
+    shutil.copytree(run, empty, dirs_exist_ok=True)
+    (empty / "metrics.jsonl").write_text("")
+    other_workload = tmp / "other-workload"
+    shutil.copytree(run, other_workload, dirs_exist_ok=True)
+    cfg = other_workload / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("width: 8", "width: 16"))
+    binary = tmp / "binary-config"
+    shutil.copytree(run, binary, dirs_exist_ok=True)
+    (binary / "config.yaml").write_bytes(b"\xff\xfe\x00\x01")
+    return {
+        "report on a folder that is not a run": (["report", not_run], "not a trainlab run directory"),
+        "report on an empty metrics file": (["report", empty], "no metrics in"),
+        "resume after config.yaml was edited": (["run", "--resume", other_workload, *QUIET],
+                                                "config.yaml says model.width=16 but the checkpoint was trained with "
+                                                "model.width=8"),
+        "resume of a config.yaml that is not UTF-8": (["run", "--resume", binary, *QUIET], "not UTF-8"),
+        "a config that asks for 720 GB": (["run", "workload.p=300000", *QUIET, "--out", tmp / "never"],
+                                          "asks for 720.0 GB at once"),
+        "a model larger than memory": (["run", "model.width=300000", *QUIET, "--out", tmp / "never"],
+                                       "parameters: 360.4 GB of weights alone"),
+        "an --out inside a file": (["run", "--out", not_run / "notes.txt" / "x", *QUIET], "Not a directory"),
+        "an argparse mistake": (["list", "bogus"], "invalid choice: 'bogus'"),
+    }
+
+
+@pytest.mark.parametrize("case", ["report on a folder that is not a run", "report on an empty metrics file",
+                                  "resume after config.yaml was edited", "resume of a config.yaml that is not UTF-8",
+                                  "a config that asks for 720 GB", "a model larger than memory",
+                                  "an --out inside a file", "an argparse mistake"])
+def test_each_reported_traceback_is_now_one_line(case, small_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, words = _named_cases(small_run, tmp_path)[case]
+    line = assert_refused(args, capsys, case)
+    assert words in line, line
