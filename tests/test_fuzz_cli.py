@@ -17,6 +17,7 @@ import random
 import shutil
 import string
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -220,10 +221,8 @@ def test_mistakes_in_the_other_commands_are_refused_in_one_line(tmp_path, capsys
 
 # ------------------------------------------------------------------------------------------------ tampered runs
 
-def _tampers(run: Path) -> dict[str, callable]:
+def _tampers(run: Path) -> dict[str, Callable[[Path], object]]:
     """name -> function that damages a copy of ``run`` in one way."""
-    ckpt = run / "checkpoints"
-
     def write(name: str, data: bytes):
         return lambda d: (d / name).write_bytes(data)
 
