@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 import trainlab
 from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainlab.registry import Registry
 
 EXIT_USAGE = 2
 
@@ -323,7 +326,7 @@ def _source_kind(meta: dict) -> str:
     return "torch.optim" if source.startswith("torch.optim") else source.split(".")[0]
 
 
-def _list_optimizers(registry, options: bool) -> None:
+def _list_optimizers(registry: Registry[Any], options: bool) -> None:
     """A table (name, source, own, summary [exact class]) and a count of entries by source."""
     from collections import Counter
 
@@ -378,8 +381,8 @@ def cmd_list(ns: argparse.Namespace) -> int:
         from trainlab.distributed.strategy import STRATEGIES
 
         width = max(len(e.name) for e in STRATEGIES)
-        for entry in STRATEGIES:
-            print(f"{entry.name:<{width}}  {entry.summary}")
+        for strategy in STRATEGIES:
+            print(f"{strategy.name:<{width}}  {strategy.summary}")
         if ns.options:
             from trainlab.train.config import DistOptions  # the run configuration (imports the optimizers)
 

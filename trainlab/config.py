@@ -225,6 +225,6 @@ def describe_options(cls: type | None) -> list[tuple[str, str, Any, str]]:
         return []
     rows = []
     for name, f in fields_of(cls).items():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         rows.append((name, type_name(f.type), default, f.metadata.get("help", "")))
     return rows

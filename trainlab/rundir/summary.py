@@ -81,10 +81,11 @@ def from_events(events: Iterable[dict[str, Any]], repeating: Iterable[str] = ())
     mem, gen = first.get("memorized"), first.get("generalized")
     out.setdefault("memorized", None)
     out.setdefault("generalized", None)
-    both = mem is not None and gen is not None
-    out["grokking_delay_steps"] = gen["step"] - mem["step"] if both else None
-    times = both and _is_finite(mem.get("time")) and _is_finite(gen.get("time"))
-    out["grokking_delay_seconds"] = round(gen["time"] - mem["time"], 3) if times else None
+    out["grokking_delay_steps"] = out["grokking_delay_seconds"] = None
+    if mem is not None and gen is not None:
+        out["grokking_delay_steps"] = gen["step"] - mem["step"]
+        if _is_finite(mem.get("time")) and _is_finite(gen.get("time")):
+            out["grokking_delay_seconds"] = round(gen["time"] - mem["time"], 3)
     return out
 
 

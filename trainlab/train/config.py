@@ -422,7 +422,7 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
     recipe = wl_cls.recipe_components()
     chosen, from_recipe = {}, []
     for kind in ("model", "optimizer", "schedule"):
-        base = recipe.get(kind, DEFAULTS.get(kind))
+        base = recipe.get(kind) or DEFAULTS[kind]
         values, kept = _component_values(kind, base, layers)
         chosen[kind] = _component(kind, values)
         if kept and kind in recipe:
@@ -447,7 +447,7 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
         if train.target is None:
             raise ConfigError("target", "give the value target_metric must reach, e.g. target=2.4")
     # A schedule whose options do not fit the step budget is a config error, found now rather than later.
-    schedules.build(schedule.name, train.steps, **schedule.kwargs())  # type: ignore[arg-type]
+    schedules.build(schedule.name, train.steps, **schedule.kwargs())
     return RunConfig(workload, model, optimizer, schedule, train, **sections, from_recipe=tuple(from_recipe))
 
 
