@@ -30,14 +30,18 @@ class Entry(Generic[T]):
     """
 
     name: str
-    factory: Callable[..., T]
+    factory: T  # what builds the component: a class or a function, as the registry's type parameter says
     options: type | None = None
     summary: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Registry(Generic[T]):
-    """An ordered mapping from lower-case names to :class:`Entry` objects, plus pending sources of more."""
+    """An ordered mapping from lower-case names to :class:`Entry` objects, plus pending sources of more.
+
+    ``T`` is the type of the entries' factories (``Registry[type[Workload]]``, ``Registry[Callable[..., X]]``),
+    so ``registry.get(name).factory`` is typed as what was registered, class attributes included.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -47,7 +51,7 @@ class Registry(Generic[T]):
     def add(
         self,
         name: str,
-        factory: Callable[..., T],
+        factory: T,
         *,
         options: type | None = None,
         summary: str = "",
@@ -62,10 +66,11 @@ class Registry(Generic[T]):
         self._entries[key] = entry
         return entry
 
-    def register(self, name: str, *, options: type | None = None, summary: str = "", **meta: Any):
+    def register(self, name: str, *, options: type | None = None, summary: str = "",
+                 **meta: Any) -> Callable[[T], T]:
         """Decorator form of :meth:`add`."""
 
-        def wrap(factory: Callable[..., T]) -> Callable[..., T]:
+        def wrap(factory: T) -> T:
             self.add(name, factory, options=options, summary=summary, **meta)
             return factory
 

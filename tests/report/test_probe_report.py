@@ -352,6 +352,18 @@ def test_per_layer_panel_limits_its_legend(tmp_path):
     assert_png(tmp_path / "deep.png")
 
 
+def test_figure_with_an_empty_grid_cell_saves(tmp_path):
+    """Five panels on a 3-column grid leave a hidden axes, which has no bounding box: saving the figure used to
+    fail with AttributeError ('NoneType' object has no attribute 'x0') in the left-margin fit."""
+    run = load_run(make_probe_run(tmp_path, "five", extra_keys=5))
+    panels = probe_panels("extra", run.probes["extra"])
+    assert len(panels) == 5
+    fig = _probe_figure(run, "extra", panels, [], logx=False)
+    assert [ax.get_visible() for ax in fig.axes] == [True] * 5 + [False]
+    _save(fig, tmp_path / "five.png")
+    assert_png(tmp_path / "five.png")
+
+
 def test_compare_caps_overlays_and_names_the_rest(tmp_path, text_only, monkeypatch):
     a = make_probe_run(tmp_path, "a", extra_keys=3)
     b = make_probe_run(tmp_path, "b", extra_keys=3, norm_scale=2.0, events=False)

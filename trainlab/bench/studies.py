@@ -356,7 +356,8 @@ def sensitivity_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (workload, variant), members in groups.items():
         lrs = sorted({float(r["lr"]) for r in members})
         seeds = sorted({int(r["seed"]) for r in members})
-        per_seed, curves = [], []
+        per_seed: list[dict[str, Any]] = []
+        curves: list[list[float]] = []
         for seed in seeds:
             by_lr = {float(r["lr"]): r for r in members if r["seed"] == seed}
             losses = [_finite(by_lr[lr].get("final_loss")) if lr in by_lr else math.inf for lr in lrs]
@@ -465,12 +466,12 @@ def parse_grids(spec: str | None, optimizers: Sequence[str]) -> dict[str, list[f
             grids = {name: list(values) for name in optimizers}
         else:
             for part in parts:
-                name, eq, values = part.partition("=")
+                name, eq, grid = part.partition("=")
                 name = name.strip()
                 if not eq or name not in optimizers:
                     raise ConfigError("--lrs", f"expected OPTIMIZER=LR,LR,... for one of {', '.join(optimizers)}; "
                                                f"got {part!r}")
-                grids[name] = parse_floats(values, "--lrs")
+                grids[name] = parse_floats(grid, "--lrs")
     for name in optimizers:
         if name not in grids:
             raise ConfigError("--lrs", f"no default lr grid for {name!r}; give one: --lrs '{name}=1e-3,2e-3,...'")
@@ -543,7 +544,7 @@ def transfer_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, by_width in per.items():
         widths = sorted(by_width)
-        entries = {}
+        entries: dict[int, dict[str, Any]] = {}
         for width in widths:
             lrs = sorted(by_width[width])
             losses = [statistics.fmean(by_width[width][lr]) if all(math.isfinite(x) for x in by_width[width][lr])

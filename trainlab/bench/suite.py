@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from trainlab.config import ConfigError
 from trainlab.registry import Registry, UnknownNameError
@@ -88,7 +88,7 @@ class BenchWorkload:
         return float(_target_entry(self.name)["time_budget"])
 
 
-WORKLOADS: Registry[BenchWorkload] = Registry("bench workload")
+WORKLOADS: Registry[Callable[[], BenchWorkload]] = Registry("bench workload")
 SUITES: dict[str, tuple[str, ...]] = {}
 
 

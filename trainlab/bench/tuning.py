@@ -87,12 +87,17 @@ def _number(value: Any) -> Any:
     return value
 
 
+_RANGE_KINDS: tuple[Literal["loguniform", "uniform"], ...] = ("loguniform", "uniform")
+
+
 def _make_dim(key: str, kind: str, args: list[Any]) -> Dim:
     kind = "loguniform" if kind == "log_uniform" else kind
     if kind == "choice":
         if not args:
             raise ConfigError(key, "choice() needs at least one value")
         return Dim("choice", tuple(tuple(a) if isinstance(a, list) else a for a in args))
+    if kind not in _RANGE_KINDS:  # the callers match only these names: this narrows kind for Dim
+        raise ConfigError(key, f"unknown dimension {kind}(); allowed: loguniform, log_uniform, uniform, choice")
     if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
         raise ConfigError(key, f"{kind}(lo, hi) needs two numbers, got {args!r}")
     lo, hi = float(args[0]), float(args[1])

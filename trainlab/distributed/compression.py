@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -97,8 +97,8 @@ def dgc_density(
     return density
 
 
-def _completed(tensor: Tensor) -> torch.futures.Future:
-    fut: torch.futures.Future = torch.futures.Future()
+def _completed(tensor: Tensor) -> torch.futures.Future[Tensor]:
+    fut: torch.futures.Future[Tensor] = torch.futures.Future()
     fut.set_result(tensor)
     return fut
 
@@ -119,8 +119,14 @@ class _CompressionHook:
         self.last_layout: dict[int, tuple[str, ...]] = {}  # bucket index -> parameter names, latest step
         self._names: dict[int, str] = {}
 
+    def _hook(self, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
+        """The DDP communication hook: ``register_comm_hook(self, type(self)._hook)`` has DDP call
+        ``_hook(self, bucket)`` and wait on the future it returns. Each compressor implements it, without
+        annotations: DDP compares them with ``dist.GradBucket`` at run time, and this module's are strings."""
+        raise NotImplementedError
+
     # -- wiring -------------------------------------------------------------------------------------------
-    def set_parameter_names(self, named_parameters) -> None:
+    def set_parameter_names(self, named_parameters: Iterable[tuple[str, Tensor]]) -> None:
         """Map parameters to the names that key the state (``register`` does this from ``ddp_model.module``)."""
         self._names = {id(p): name for name, p in named_parameters}
 
@@ -138,10 +144,10 @@ class _CompressionHook:
         """``dense_bytes / meter.total`` (bytes plain DDP would have sent over the bytes sent); 0 before any step."""
         return self.dense_bytes / self.meter.total if self.meter.total else 0.0
 
-    def _group(self):
+    def _group(self) -> Any:  # a ProcessGroup: the one given, else the world
         return self.process_group if self.process_group is not None else dist.group.WORLD
 
-    def _bucket_names(self, bucket) -> list[str]:
+    def _bucket_names(self, bucket: dist.GradBucket) -> list[str]:
         names = []
         for p in bucket.parameters():
             name = self._names.get(id(p))
@@ -156,7 +162,7 @@ class _CompressionHook:
         dist.all_reduce(flat, group=group)
         return flat.div_(dist.get_world_size(group))
 
-    def _finish_bucket(self, bucket, names: list[str]) -> torch.futures.Future:
+    def _finish_bucket(self, bucket: dist.GradBucket, names: list[str]) -> torch.futures.Future[Tensor]:
         self.last_layout[bucket.index()] = tuple(names)
         buf = bucket.buffer()
         if bucket.is_last():
@@ -290,8 +296,9 @@ class DGCHook(_CompressionHook):
             self.u[name].index_fill_(0, idx, 0)  # momentum factor masking
         return values, idx
 
+    # Unannotated on purpose: register_comm_hook checks the annotations at run time, and this module's are strings.
     @torch.no_grad()
-    def _hook(self, bucket):
+    def _hook(self, bucket):  # type: ignore[no-untyped-def]
         group = self._group()
         world = dist.get_world_size(group)
         buf = bucket.buffer()
@@ -429,8 +436,9 @@ class PowerSGDHook(_CompressionHook):
         work = p if p.dtype in (torch.float32, torch.float64) else p.float()
         return torch.linalg.qr(work, mode="reduced").Q.to(p.dtype)
 
+    # Unannotated on purpose: register_comm_hook checks the annotations at run time, and this module's are strings.
     @torch.no_grad()
-    def _hook(self, bucket):
+    def _hook(self, bucket):  # type: ignore[no-untyped-def]
         buf = bucket.buffer()
         names = self._bucket_names(bucket)
         self.dense_bytes += buf.numel() * buf.element_size()

@@ -56,7 +56,7 @@ Conventions and decisions (documented deviations):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -304,7 +304,9 @@ class DiLoCo:
 class _Pending:
     """An in-flight (or completed, not yet applied) fragment exchange."""
 
-    def __init__(self, fragment: int, due: int, works: list, finalize) -> None:
+    def __init__(self, fragment: int, due: int, works: list[Any],
+                 finalize: Callable[[], dict[int, Tensor]] | None) -> None:
+        """``finalize`` computes the result once ``works`` are done; None for an exchange restored with its result."""
         self.fragment = fragment
         self.due = due
         self._works = works
@@ -315,6 +317,7 @@ class _Pending:
         if self.result is None:
             for w in self._works:
                 w.wait()
+            assert self._finalize is not None  # only a restored exchange has none, and it has its result
             self.result = self._finalize()
             self._works, self._finalize = [], None
         return self.result

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 import torch.distributed as dist
@@ -38,8 +39,11 @@ from trainlab.distributed.comm import CommMeter, tensor_bytes
 from trainlab.optim.muon import _DTYPES, Muon, matrix_shape, shape_scale
 from trainlab.optim.newton_schulz import orthogonalize
 
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
-def _is_dtensor(t: Tensor) -> bool:
+
+def _is_dtensor(t: Tensor) -> TypeGuard[DTensor]:
     return hasattr(t, "to_local") and hasattr(t, "device_mesh")
 
 
@@ -112,7 +116,7 @@ class DistributedMuon(Muon):
             out.update({i: O[j] for j, i in enumerate(idx)})
         return out
 
-    def _replicated(self, params: list[Tensor], directions: list[Tensor], owner: list[int], rank: int, pg: Any,
+    def _replicated(self, params: list[Tensor], directions: Sequence[Tensor], owner: list[int], rank: int, pg: Any,
                     ns: tuple) -> list[Tensor]:
         mine = {i: directions[i].reshape(matrix_shape(p.shape)) for i, p in enumerate(params) if owner[i] == rank}
         done = self._orthogonalize_owned(mine, ns)
@@ -128,7 +132,7 @@ class DistributedMuon(Muon):
             w.wait()
         return results
 
-    def _sharded(self, params: list[Tensor], directions: list[Tensor], owner: list[int], world: int, rank: int,
+    def _sharded(self, params: list[Tensor], directions: Sequence[Tensor], owner: list[int], world: int, rank: int,
                  pg: Any, ns: tuple) -> list[Tensor]:
         padded, gathered, works = [], {}, []
         for i, (p, d) in enumerate(zip(params, directions)):

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeGuard
 
 import torch
 import torch.distributed as dist
@@ -67,7 +67,10 @@ from trainlab.distributed.env import DistEnv
 from trainlab.optim.protocol import capabilities
 from trainlab.registry import Registry
 
-STRATEGIES: Registry[type] = Registry("strategy")
+if TYPE_CHECKING:
+    from trainlab.optim.muon import Muon
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")  # filled by the class decorators below
 
 
 def trainable_bytes(model: nn.Module) -> int:
@@ -171,7 +174,7 @@ def _registry_optimizer(name: str, kwargs: dict[str, Any]) -> Callable[..., torc
     return build
 
 
-def _muon(optimizer: torch.optim.Optimizer) -> bool:
+def _muon(optimizer: torch.optim.Optimizer) -> TypeGuard[Muon]:
     from trainlab.optim.muon import Muon
 
     return isinstance(optimizer, Muon)
@@ -279,7 +282,9 @@ class Zero1Strategy(DDPStrategy):
         groups = [dict(g) for g in probe.param_groups]
         del probe
         try:
-            return ZeroRedundancyOptimizer(groups, optimizer_class=_registry_optimizer(name, kwargs))
+            factory = _registry_optimizer(name, kwargs)
+            # The stub asks for a class; ZeRO only calls optimizer_class(params, **defaults), so a factory works.
+            return ZeroRedundancyOptimizer(groups, optimizer_class=factory)  # type: ignore[arg-type]
         except (TypeError, ValueError, RuntimeError) as err:
             raise ConfigError("optimizer", f"{name} cannot be sharded by ZeroRedundancyOptimizer: "
                                            f"{str(err).splitlines()[0]}") from None

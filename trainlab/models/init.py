@@ -130,7 +130,7 @@ def _mean_patch(layer: nn.Module, x: Tensor, conv: bool) -> Tensor:
     Linear: the mean input row. Conv: the gradient of the summed output means w.r.t. the weight (the output of
     a bias-free layer is linear in its weight; this gets zero padding, stride and groups right).
     """
-    w = layer.weight
+    w = layer.get_parameter("weight")  # a Parameter: the caller only takes layers that have one
     if not conv:
         return x.reshape(-1, x.shape[-1]).mean(0).expand_as(w)
     with torch.enable_grad():
@@ -214,12 +214,12 @@ def data_dependent_init_(module: nn.Module, inputs: Tensor | tuple[Any, ...], *,
         for layer in order:
             conv = isinstance(layer, _ConvNd)
             x, y = _capture(module, inputs, layer)
-            w = layer.weight
+            w = layer.get_parameter("weight")  # a Parameter: `names` only takes layers that have one
             rows = w.view(w.shape[0], -1)  # per-unit views: scaling a row scales that unit's output
             bias = layer.bias
             stats = _units_last(y, conv).double()
             mean, std = stats.mean(0), stats.std(0, correction=0)
-            if bias is not None:
+            if isinstance(bias, Tensor):  # None for a layer built with bias=False
                 scale = torch.where(std > eps, 1.0 / std, torch.ones_like(std))
                 rows.mul_(scale.to(w.dtype)[:, None])
                 bias.sub_(mean.to(bias.dtype)).mul_(scale.to(bias.dtype))

@@ -153,6 +153,7 @@ def output_scale_lr(lr: float, alpha: float, optimizer_kind: OptimizerKind = "sg
 
 
 _LAYER_TYPES = (nn.Linear, _ConvNd, nn.Embedding)
+_Layer = nn.Linear | _ConvNd | nn.Embedding
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class MupLayers:
         return self.width / base_width
 
 
-def _layers(model: nn.Module) -> dict[str, nn.Module]:
+def _layers(model: nn.Module) -> dict[str, _Layer]:
     """Modules with their own trainable-shaped ``weight`` parameter (a frozen copy's buffers do not count)."""
     return {name: m for name, m in model.named_modules()
             if isinstance(m, _LAYER_TYPES) and isinstance(m._parameters.get("weight"), nn.Parameter)}
@@ -311,12 +312,13 @@ def mup_init_(model: nn.Module, base_width: int, *, output: Literal["zero", "sca
     if hidden not in ("keep", "fan_in"):
         raise ValueError(f"hidden must be 'keep' or 'fan_in', got {hidden!r}")
     head = model.get_submodule(layers.output)
+    weight, bias = head.get_parameter("weight"), getattr(head, "bias", None)
     if output == "zero":
-        head.weight.zero_()
-        if isinstance(getattr(head, "bias", None), nn.Parameter):
-            head.bias.zero_()
+        weight.zero_()
+        if isinstance(bias, nn.Parameter):
+            bias.zero_()
     else:
-        head.weight.mul_(math.sqrt(base_width / layers.width))
+        weight.mul_(math.sqrt(base_width / layers.width))
     if hidden == "fan_in":
         for _, p in _roles(model, layers)["hidden"]:
             p.normal_(0.0, 1.0 / math.sqrt(p.numel() / p.shape[0]))

@@ -18,7 +18,8 @@ ModelFactory = Callable[[DataSpec, Any], nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
 
 
-def register(name: str, *, options: type, input_kinds: tuple[str, ...], summary: str = "", **meta: Any):
+def register(name: str, *, options: type, input_kinds: tuple[str, ...], summary: str = "",
+             **meta: Any) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator for ``factory(spec: DataSpec, options) -> nn.Module``."""
 
     def wrap(factory: ModelFactory) -> ModelFactory:

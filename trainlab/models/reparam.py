@@ -54,6 +54,9 @@ class SigmaReparamLinear(nn.Linear):
         eps: floor for the norms in the power iteration and for σ (default 1e-12).
     """
 
+    u: Tensor  # buffers: the left and right singular vector estimates
+    v: Tensor
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, gamma: float | None = None,
                  eps: float = 1e-12, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:

@@ -58,13 +58,13 @@ def optimizer_params(model: nn.Module, options: Any, optimizer_name: str, lr: fl
     if needs_model:
         raise ConfigError("param.mup_base_width", f"optimizer {optimizer_name} assigns its own per-layer treatment; "
                                                   "muP's lr multipliers need an elementwise optimizer (e.g. adamw)")
-    from trainlab.models.parametrization import OutputScaled, mup_param_groups
+    from trainlab.models.parametrization import OptimizerKind, OutputScaled, mup_param_groups
 
     if lr is None:
         raise ConfigError("param.mup_base_width", f"optimizer {optimizer_name} has no learning rate to scale")
 
     inner = model.model if isinstance(model, OutputScaled) else model
-    kind = "sgd" if optimizer_name in SGD_LIKE else "adam"
+    kind: OptimizerKind = "sgd" if optimizer_name in SGD_LIKE else "adam"
     try:
         groups = mup_param_groups(inner, options.mup_base_width, lr, optimizer_kind=kind)
     except ValueError as err:

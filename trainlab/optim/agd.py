@@ -27,7 +27,9 @@ parameter. The paper's losses are MSE and cross-entropy; the optimizer itself do
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +63,8 @@ def agd_update(grads: Sequence[Tensor], gain: float = 1.0) -> tuple[list[Tensor]
     A zero gradient (or zero kernel position) gives a zero step there.
     """
     L = len(grads)
-    G = sum(singular_value(g.shape) * _position_norms(g).sum() for g in grads) / L
+    # reduce rather than sum(): a sum of tensors starting from int 0 is typed Tensor | int (same values)
+    G = functools.reduce(operator.add, [singular_value(g.shape) * _position_norms(g).sum() for g in grads]) / L
     eta = torch.log((1 + torch.sqrt(1 + 4 * G)) / 2)
     updates = [g * (gain * eta / L * singular_value(g.shape) / _position_norms(g, keepdim=True).clamp_min(1e-30))
                for g in grads]

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 import torch
 from torch import Tensor
 
@@ -73,14 +74,14 @@ class GaussianProcess:
     def _kernel(a: np.ndarray, b: np.ndarray, length: float) -> np.ndarray:
         return np.exp(-0.5 * (a[:, None] - b[None, :]) ** 2 / length**2)
 
-    def fit(self, x: Sequence[float], y: Sequence[float]) -> GaussianProcess:
+    def fit(self, x: ArrayLike, y: ArrayLike) -> GaussianProcess:
         self.x = np.asarray(x, dtype=float)
-        y = np.asarray(y, dtype=float)
-        if self.x.ndim != 1 or self.x.shape != y.shape or len(y) == 0:
+        ys = np.asarray(y, dtype=float)
+        if self.x.ndim != 1 or self.x.shape != ys.shape or len(ys) == 0:
             raise ValueError("x and y must be 1-D sequences of the same, non-zero length")
-        self.mean = float(y.mean())
-        self.scale = float(y.std()) or 1.0
-        z = (y - self.mean) / self.scale
+        self.mean = float(ys.mean())
+        self.scale = float(ys.std()) or 1.0
+        z = (ys - self.mean) / self.scale
         best = None
         for length in self.length_scales:
             k = self._kernel(self.x, self.x, length) + self.noise * np.eye(len(z))
@@ -93,10 +94,10 @@ class GaussianProcess:
         _, self.length, self._chol, self._alpha = best
         return self
 
-    def predict(self, xs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, xs: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation at ``xs`` (in the targets' units)."""
-        xs = np.asarray(xs, dtype=float)
-        ks = self._kernel(xs, self.x, self.length)
+        points = np.asarray(xs, dtype=float)
+        ks = self._kernel(points, self.x, self.length)
         mu = ks @ self._alpha
         v = np.linalg.solve(self._chol, ks.T)
         var = np.clip(1.0 - (v * v).sum(axis=0), 0.0, None)
@@ -119,7 +120,7 @@ def lcb_next(gp: GaussianProcess, tried: Sequence[float], kappa: float, grid: in
 # -------------------------------------------------------------------------------------- the forecast
 
 
-def exp_forecast(losses: Sequence[float], at: float, *, b_bounds: tuple[float, float] | None = None) -> float:
+def exp_forecast(losses: ArrayLike, at: float, *, b_bounds: tuple[float, float] | None = None) -> float:
     """Fit ``a·exp(-b·t) + c`` to ``losses`` at t = 0, 1, ... and return the fit at ``t = at``.
 
     ``b`` is searched (golden section on log b) within ``b_bounds`` (default ``[1/at, 1]`` per step: the curve
@@ -158,7 +159,7 @@ def exp_forecast(losses: Sequence[float], at: float, *, b_bounds: tuple[float, f
     return value if math.isfinite(value) else math.inf
 
 
-def forecast_window(losses: Sequence[float], at: float) -> float:
+def forecast_window(losses: ArrayLike, at: float) -> float:
     """AutoLRS's loss forecast ``at`` steps after the start of a tried lr's window of per-step ``losses``.
 
     Two guards make :func:`exp_forecast` usable on short windows of noisy mini-batch losses:
@@ -246,7 +247,7 @@ class AutoLRS(GradientTransformWrapper):
             self._finish_window()
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -361,7 +362,7 @@ class AutoLRS(GradientTransformWrapper):
         self._steps_in_window = 0
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         """The base's state dict plus an ``autolrs`` entry with the whole search state (snapshot included), so
         a resumed run continues the stage exactly where it stopped."""
         out = dict(self.optimizer.state_dict())

@@ -78,7 +78,7 @@ def diffgrad_foreach(params: list[Tensor], grads: list[Tensor], exp_avgs: list[T
         if decoupled_weight_decay:
             torch._foreach_mul_(params, 1.0 - lr * weight_decay)
         else:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+            grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)

@@ -107,12 +107,12 @@ def _supported(tp: Any) -> Any:
         real = [a for a in kept if a is not type(None)]
         if not real:
             return None
-        return kept[0] if len(kept) == 1 else Union[tuple(kept)]  # type: ignore[return-value]  # noqa: UP007
+        return kept[0] if len(kept) == 1 else Union[tuple(kept)]  # noqa: UP007
     if origin in (tuple, list):
         inner = [a if a is Ellipsis else _supported(a) for a in args]
         if any(a is None for a in inner):
             return None
-        return origin[tuple(inner)] if origin is tuple else list[inner[0]]  # type: ignore[index,misc]
+        return types.GenericAlias(origin, tuple(inner) if origin is tuple else (inner[0],))  # tuple[...], list[...]
     return None
 
 
@@ -195,7 +195,7 @@ def _muon_factory(cls: type[torch.optim.Optimizer]) -> Callable[..., torch.optim
 # --- registration --------------------------------------------------------------------------------------------
 
 
-def _skip_reason(name: str, cls: type) -> str | None:
+def _skip_reason(name: str, cls: type[object]) -> str | None:
     if name in _INCOMPATIBLE:
         return _INCOMPATIBLE[name]
     if cls.__module__.startswith("torch.optim"):

@@ -224,7 +224,7 @@ class Dualized(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = evaluate_closure(closure)
         # (param, group, kind, buffer) for every parameter with a gradient; matrices batched by shape.
-        items = []
+        items: list[tuple[Tensor, dict[str, Any], str, Tensor]] = []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:

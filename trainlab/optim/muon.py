@@ -165,11 +165,11 @@ class Muon(torch.optim.Optimizer):
         if ns_dtype not in _DTYPES:
             raise ValueError(f"muon: ns_dtype must be one of {', '.join(_DTYPES)}, got {ns_dtype!r}")
         shape_scale(2, 1, scale)  # validates the name
-        self.muon_defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
-                              "ns_coefficients": ns_coefficients, "ns_steps": ns_steps, "ns_dtype": ns_dtype,
-                              "scale": scale}
-        self.adam_defaults = {"lr": adam_lr, "betas": tuple(adam_betas), "eps": adam_eps,
-                              "weight_decay": adam_weight_decay}
+        self.muon_defaults: dict[str, Any] = {
+            "lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
+            "ns_coefficients": ns_coefficients, "ns_steps": ns_steps, "ns_dtype": ns_dtype, "scale": scale}
+        self.adam_defaults: dict[str, Any] = {"lr": adam_lr, "betas": tuple(adam_betas), "eps": adam_eps,
+                                              "weight_decay": adam_weight_decay}
         super().__init__(params, {})
         self.defaults = dict(self.muon_defaults)
 

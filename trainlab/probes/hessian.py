@@ -62,7 +62,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 def trainable_parameters(model: nn.Module, params: Iterable[Tensor] | None = None) -> list[Tensor]:
     """``params`` as a list, or every parameter of ``model`` with ``requires_grad`` (shared ones once)."""
-    chosen = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+    chosen: list[Tensor] = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
     if not chosen:
         raise ValueError("no parameters to probe (none given, and none of the model's requires grad)")
     return chosen

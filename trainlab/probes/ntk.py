@@ -83,6 +83,7 @@ def empirical_ntk(model: nn.Module, inputs: Tensor, params: Iterable[Tensor | st
         def output(p: dict[str, Tensor], x: Tensor) -> Tensor:
             return functional_call(model, (p, buffers), (x.unsqueeze(0),)).reshape(-1)
 
+        bounds: list[tuple[int, int] | None]  # output rows per Jacobian chunk; None: the one selected output
         if output_index is None:
             n_outputs = output(values, inputs[0]).numel()
             chunk = max(1, min(n_outputs, max_jacobian_elements // max(1, n * n_params)))
@@ -98,7 +99,7 @@ def empirical_ntk(model: nn.Module, inputs: Tensor, params: Iterable[Tensor | st
                 out = output(p, x)
                 if bound is not None:
                     return out[bound[0]:bound[1]]
-                return out.sum() if output_index == "sum" else out[output_index]
+                return out[output_index] if isinstance(output_index, int) else out.sum()  # else: "sum"
 
             jac = vmap(jacrev(select), in_dims=(None, 0))(values, inputs)  # name -> (N, [c,] *shape)
             for name in names:

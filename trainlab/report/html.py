@@ -17,7 +17,7 @@ import math
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, TypeGuard
 
 import numpy as np
 import yaml
@@ -204,7 +204,9 @@ def _summary_table(runs: Sequence[Run]) -> str:
         heads.append(f'<th{" class=num" if numeric else ""}>{_e(name)}</th>')
     rows = []
     for run in runs:
-        events = run.summary.get("events") if isinstance(run.summary.get("events"), dict) else {}
+        events = run.summary.get("events")
+        if not isinstance(events, dict):
+            events = {}
         train_m, val_m = _final(run, f"train_{run.metric}"), _final(run, f"val_{run.metric}")
         suffix = "" if single_metric else f" {run.metric}"
         cells = [
@@ -481,7 +483,7 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _is_num(value: Any) -> bool:
+def _is_num(value: Any) -> TypeGuard[float]:  # an int or a float, not a bool
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

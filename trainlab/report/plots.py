@@ -16,14 +16,18 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from trainlab.report.runs import Run
 
 if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn: importing trainlab.report stays cheap
+    from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
+    from matplotlib.backends.backend_agg import RendererAgg
     from matplotlib.figure import Figure
+    from matplotlib.legend import Legend
 
 __all__ = ["plot_run", "plot_compare", "metric_label"]
 
@@ -237,7 +241,7 @@ def _run_labels(runs: Sequence[Run]) -> dict[int, str]:
 # -------------------------------------------------------------------------------------------- helpers
 
 
-def _new_figure() -> tuple[Figure, Any]:
+def _new_figure() -> tuple[Figure, Axes]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -250,7 +254,7 @@ def _new_figure() -> tuple[Figure, Any]:
     return fig, ax
 
 
-def _style_axes(ax: Any) -> None:
+def _style_axes(ax: Axes) -> None:
     """The house style: light major grid behind the data, no top or right spine."""
     ax.grid(True, which="major", color="#e5e5e5", lw=0.8)
     ax.set_axisbelow(True)
@@ -258,9 +262,19 @@ def _style_axes(ax: Any) -> None:
         ax.spines[side].set_visible(False)
 
 
-def _fit_legend(fig: Figure, legend) -> None:
+def _renderer(fig: Figure) -> RendererAgg:
+    """The renderer of ``fig``'s Agg canvas (every figure here is drawn on one: see :func:`_new_figure`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas
+    if not isinstance(canvas, FigureCanvasAgg):
+        raise TypeError(f"trainlab's figures are drawn on a FigureCanvasAgg, not {type(canvas).__name__}")
+    return canvas.get_renderer()
+
+
+def _fit_legend(fig: Figure, legend: Legend) -> None:
     """Narrow the axes so that ``legend``, placed right of them, fits inside the figure."""
-    width = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.bbox.width
+    width = legend.get_window_extent(_renderer(fig)).width / fig.bbox.width
     fig.subplots_adjust(right=max(0.5, 0.975 - width - 0.02))
 
 
@@ -275,8 +289,9 @@ def _fit_left_margin(fig: Figure, pad_px: float = 4.0) -> None:
     The margins are fixed (see :func:`_new_figure`), but tick labels are as wide as their text: long labels
     pushed the y label off the figure.
     """
-    renderer = fig.canvas.get_renderer()
-    left = min((ax.get_tightbbox(renderer).x0 for ax in fig.axes), default=pad_px)
+    renderer = _renderer(fig)
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]  # None for a hidden axes (unused grid cells)
+    left = min((box.x0 for box in boxes if box is not None), default=pad_px)
     if left < pad_px:
         fig.subplots_adjust(left=fig.subplotpars.left + (pad_px - left) / fig.bbox.width)
 
@@ -297,7 +312,7 @@ def _xy(run: Run, column: str, logx: bool) -> tuple[np.ndarray, np.ndarray] | No
     return x, y
 
 
-def _draw_events(ax, marks: Iterable[tuple[str, float]], logx: bool) -> None:
+def _draw_events(ax: Axes, marks: Iterable[tuple[str, float]], logx: bool) -> None:
     for name, step in marks:
         if logx and step <= 0:
             continue
@@ -319,7 +334,7 @@ def _draw_events(ax, marks: Iterable[tuple[str, float]], logx: bool) -> None:
         )
 
 
-def _finish_axes(ax, plotted: list[np.ndarray], *, logx: bool, logy_if_positive: bool) -> None:
+def _finish_axes(ax: Axes, plotted: list[np.ndarray], *, logx: bool, logy_if_positive: bool) -> None:
     from matplotlib.ticker import FuncFormatter
 
     ax.set_xlabel("step")
@@ -337,7 +352,7 @@ def _finish_axes(ax, plotted: list[np.ndarray], *, logx: bool, logy_if_positive:
         _label_short_log_axis(ax.yaxis)
 
 
-def _label_short_log_axis(axis) -> None:
+def _label_short_log_axis(axis: Axis) -> None:
     """Plain numbers (``0.3``, ``1.2``) on a log axis with at most one power of ten in view.
 
     There matplotlib labels the minor ticks too (a lone ``10^0`` would not tell the scale), but in scientific
@@ -349,7 +364,8 @@ def _label_short_log_axis(axis) -> None:
     class PlainLogFormatter(LogFormatter):
         """matplotlib's choice of which log ticks to label, written as plain numbers."""
 
-        def __call__(self, x, pos=None):  # matplotlib decides whether x gets a label; we decide its text
+        # matplotlib decides whether x gets a label; we decide its text
+        def __call__(self, x: float, pos: int | None = None) -> str:
             return f"{x:.3g}" if super().__call__(x, pos) else ""
 
     low, high = sorted(axis.get_view_interval())

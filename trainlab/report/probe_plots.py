@@ -43,6 +43,7 @@ from trainlab.report.plots import (
 from trainlab.report.runs import Run
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["MAX_COMPARE_FIGURES", "plot_compare_probes", "plot_probes", "probe_events", "shared_probe_keys"]
@@ -156,10 +157,10 @@ def probe_panels(probe: str, keys: Sequence[str]) -> list[Panel]:
     singles = [k for k in keys if k not in used and k not in layered and k not in per_stat]
     for k in singles:
         take(_TITLES.get((probe, k), k.replace("_", " ")), [k])
-    for stat, members in by_stat.items():
-        members.sort()
-        take(f"{stat.replace('_', ' ')} per layer", [k for _, k in members], per_layer=True,
-             labels=[f"layer {i}" for i, _ in members])
+    for stat, ranked in by_stat.items():
+        ranked.sort()
+        take(f"{stat.replace('_', ' ')} per layer", [k for _, k in ranked], per_layer=True,
+             labels=[f"layer {i}" for i, _ in ranked])
     if layered:
         what = {"weights": "norm of each weight matrix", "rank": "effective rank of W - W0, each matrix"}
         take(what.get(probe, "per layer"), layered, per_layer=True, labels=[_layer_label(k) for k in layered])
@@ -232,7 +233,7 @@ def _probe_figure(run: Run, probe: str, panels: list[Panel], marks: list[tuple[s
     return fig
 
 
-def _draw_panel(ax, run: Run, probe: str, panel: Panel, logx: bool) -> None:
+def _draw_panel(ax: Axes, run: Run, probe: str, panel: Panel, logx: bool) -> None:
     from matplotlib import colormaps
 
     ax.set_title(_text(panel.title), loc="left", fontsize=9)
@@ -397,14 +398,15 @@ def _compare_probe_figure(runs: list[Run], column: str, labels: dict[int, str], 
 
 
 
-def _style(ax) -> None:
+def _style(ax: Axes) -> None:
     ax.grid(True, which="major", color="#e5e5e5", lw=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
 
 
-def _scale(ax, plotted: list[np.ndarray], references: list[np.ndarray], logx: bool, *, small: bool = True) -> None:
+def _scale(ax: Axes, plotted: list[np.ndarray], references: list[np.ndarray], logx: bool, *,
+           small: bool = True) -> None:
     """Log x for the log-step variant; log y when the values (and reference lines) are positive and span more
     than :data:`LOG_Y_SPAN`; on a linear y axis a reference line far off the data is left off the scale."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -436,7 +438,7 @@ def _scale(ax, plotted: list[np.ndarray], references: list[np.ndarray], logx: bo
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=6.5, color=THRESHOLD_COLOR)
 
 
-def _mark_events(ax, marks: list[tuple[str, float]], logx: bool, *, annotate: bool) -> None:
+def _mark_events(ax: Axes, marks: list[tuple[str, float]], logx: bool, *, annotate: bool) -> None:
     """Vertical lines at the events; labels only when ``annotate`` (so that small multiples are not buried under
     the same labels): each event name once, at its first step, with a count for repeating ones; events at one
     step share a label."""

@@ -13,11 +13,13 @@ from trainlab.config import build_options
 from trainlab.registry import Registry
 
 Multiplier = Callable[[int], float]
-SCHEDULES: Registry[Callable[[Any, int], Multiplier]] = Registry("schedule")
+ScheduleFactory = Callable[[Any, int], Multiplier]  # (options, total_steps) -> multiplier
+SCHEDULES: Registry[ScheduleFactory] = Registry("schedule")
 
 
-def register(name: str, *, options: type, summary: str = "", **meta: Any):
-    def wrap(factory: Callable[[Any, int], Multiplier]) -> Callable[[Any, int], Multiplier]:
+def register(name: str, *, options: type, summary: str = "",
+             **meta: Any) -> Callable[[ScheduleFactory], ScheduleFactory]:
+    def wrap(factory: ScheduleFactory) -> ScheduleFactory:
         SCHEDULES.add(name, factory, options=options,
                       summary=summary or (factory.__doc__ or "").strip().split("\n")[0], **meta)
         return factory

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 def require() -> None:
@@ -27,7 +27,8 @@ def require() -> None:
 class TensorBoardLog:
     """Writes rows to ``run_dir/tensorboard``; ``resume_rows`` are rows of ``resume_step`` to write again."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None, resume_rows: list[dict[str, Any]] = ()) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None,
+                 resume_rows: Sequence[dict[str, Any]] = ()) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step)

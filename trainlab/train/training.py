@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -200,7 +200,7 @@ def _gb(n: float) -> str:
 
 
 @contextlib.contextmanager
-def _memory_errors(what: str, component: str, options: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _memory_errors(what: str, component: str, options: dict[str, Any]) -> Iterator[None]:
     """An allocation failure while building ``what`` as a one-line :class:`RunError` naming the size and options."""
     try:
         yield

@@ -123,7 +123,8 @@ def _store(path: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, key=np.array(key), **arrays)
+                # numpy types savez(..., allow_pickle: bool, **arrays): mypy cannot rule out that key in **arrays
+                np.savez(f, key=np.array(key), **arrays)  # type: ignore[arg-type]
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -91,7 +91,8 @@ def _reconstruct() -> Any:
 
 def _frombuffer() -> Any:
     try:
-        from numpy._core.numeric import _frombuffer as fn  # numpy >= 2
+        # numpy >= 2; a private helper, absent from numpy's stubs
+        from numpy._core.numeric import _frombuffer as fn  # type: ignore[attr-defined]
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core.numeric import _frombuffer as fn  # type: ignore[no-redef]
     return fn
