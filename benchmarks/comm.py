@@ -25,13 +25,14 @@ thread (OMP_NUM_THREADS=1): on this 2-core machine DDP proves correctness, not s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from trainlab.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD = ["workload=charlm", "workload.max_chars=50000", "workload.block_size=32", "model=transformer",
@@ -62,9 +63,9 @@ ARMS: dict[str, tuple[str, list[str], str]] = {
 def run_arm(name: str, out: Path, steps: int, nproc: int, eval_every: int) -> dict:
     """Train one arm (or reuse its finished run) and return its summary.json."""
     run_dir = out / name
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        return json.loads(summary.read_text())
+    finished = RunDir(run_dir).summary()
+    if finished is not None:
+        return finished
     if run_dir.exists():
         import shutil
 
@@ -79,11 +80,14 @@ def run_arm(name: str, out: Path, steps: int, nproc: int, eval_every: int) -> di
     if done.returncode != 0:
         raise SystemExit(f"comm: arm {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     print(f"comm: {name} finished in {time.perf_counter() - t0:.0f} s", flush=True)
-    return json.loads(summary.read_text())
+    summary = RunDir(run_dir).summary()
+    assert summary is not None, f"{run_dir} has no summary.json after a completed run"
+    return summary
 
 
 def table(out: Path, names: list[str]) -> str:
-    rows = {n: json.loads((out / n / "summary.json").read_text()) for n in names if (out / n / "summary.json").exists()}
+    summaries = {n: RunDir(out / n).summary() for n in names}
+    rows = {n: s for n, s in summaries.items() if s is not None}
     lines = ["| arm | optimizer | final val loss | best val loss | bytes / process (total) | bytes / step | "
              "reduction vs its DDP arm | paper |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for name, s in rows.items():
@@ -93,8 +97,7 @@ def table(out: Path, names: list[str]) -> str:
         reduction = f"{ref_total / total:,.0f}x" if total and ref_total else "—"
         opt = next(o.split("=", 1)[1] for o in overrides if o.startswith("optimizer="))
         per_step = s.get("comm", {}).get("bytes_per_step")
-        best = min(json.loads(line)["val_loss"] for line in (out / name / "metrics.jsonl").read_text().splitlines()
-                   if "val_loss" in json.loads(line))
+        best = min(r["val_loss"] for r in RunDir(out / name).metrics() if "val_loss" in r)
         lines.append(f"| {name} | {opt} | {s['final']['val_loss']:.4f} | {best:.4f} | {total:,} | {per_step:,.0f} "
                      f"| {reduction} | {paper} |")
     return "\n".join(lines)
@@ -109,10 +112,7 @@ def plot(out: Path, names: list[str], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name in names:
-        metrics = out / name / "metrics.jsonl"
-        if not metrics.exists():
-            continue
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        rows = RunDir(out / name).metrics()
         pts = [(r["comm_bytes_total"], r["val_loss"]) for r in rows if r.get("comm_bytes_total") and "val_loss" in r]
         if pts:
             ax.plot(*zip(*pts), marker=".", label=name)

@@ -128,8 +128,9 @@ def judge(step: Step, rc: int | None, output: str) -> tuple[bool, dict[str, Any]
         last = lines[-1] if lines else ""
         return rc == 0 and " passed" in last and "skipped" not in last, {"summary": last}
     if step.run_dir is not None:
-        path = step.run_dir / "summary.json"
-        summary = json.loads(path.read_text()) if path.is_file() else {}
+        from trainlab.rundir import RunDir
+
+        summary = RunDir(step.run_dir).summary() or {}
         final = summary.get("final", {})
         details = {key: summary.get(key) for key in ("status", "device", "world_size", "steps", "train_time")}
         details["final"] = {k: v for k, v in final.items() if k.startswith(("train_", "val_"))}
