@@ -8,21 +8,33 @@ directories (report, run --resume, export, law, a refined schedule built from it
 (exit 0: the damage does not concern it) or refuse with one line -- never raise.
 
 The commands run in this process through :func:`trainlab.cli.main` (what the ``trainlab`` script calls), so an
-exception that escapes is a traceback the user would have seen.
+exception that escapes is a traceback the user would have seen. Crafted inputs (alias bombs, FIFOs, huge
+integers, ...) and failures of the machine (a full disk, a read-only directory) have a section of their own
+at the end: one test id per class, each printing its counts.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import math
+import os
 import random
 import shutil
 import string
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 import trainlab
+import trainlab.rundir.checkpoints as checkpoints
 from trainlab.cli import main
+from trainlab.errors import shorten
+from trainlab.rundir import RunDir
 
 SEED = 20261206
 N_RUN_CASES = 240  # generated `trainlab run` mistakes
@@ -369,3 +381,361 @@ def test_each_reported_traceback_is_now_one_line(case, small_run, tmp_path, caps
     args, words = _named_cases(small_run, tmp_path)[case]
     line = assert_refused(args, capsys, case)
     assert words in line, line
+
+
+# ------------------------------------------------------------------------------------------------ crafted inputs
+#
+# Small inputs that ask for much -- a 400-byte YAML file that expands to 10^9 values, a FIFO that blocks the
+# reader, an integer of 5000 digits -- and failures of the machine -- a full disk, a read-only directory, a
+# name over 255 bytes. Each class is one test id; its cases come from a seeded stream and each must be refused
+# with exit code 2 and one line that names the limit (one of the case's words). The test prints the class's
+# counts (`pytest -s` shows them) and fails listing every case that was not refused so.
+#
+# Inputs that could hang or eat the machine's memory if their limit broke run in a child process with an
+# address-space limit and a timeout, so a regression fails the test instead of the machine.
+
+GUARDED_CHILD = """\
+import contextlib, io, json, resource, sys, traceback
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a blow-up becomes a MemoryError, not the OOM killer
+from trainlab.cli import main
+cases, results = json.load(open(sys.argv[1])), []
+for args in cases:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 2
+        except BaseException:  # this case's failure: reported with its traceback, the other cases still run
+            code = -1
+            err.write(traceback.format_exc())
+    results.append([code, err.getvalue()])
+json.dump(results, open(sys.argv[2], "w"))
+"""
+GUARD_TIMEOUT = 600  # seconds: a hang guard for the whole child, far above its normal run, not a speed check
+
+
+@dataclass(frozen=True)
+class Crafted:
+    """A command line and the words of which its one-line refusal must contain one."""
+
+    args: list[str]
+    words: tuple[str, ...]
+
+
+def _problem(code: int, err: str, words: tuple[str, ...]) -> str | None:
+    """Why ``(code, err)`` is not a one-line refusal naming one of ``words``; None when it is."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    if code != 2:
+        return f"exit {code}: {err[-400:]!r}"
+    if len(lines) != 1 or not lines[0].startswith("trainlab:"):
+        return f"not one line: {err[-400:]!r}"
+    if not any(word in lines[0] for word in words):
+        return f"does not say {' / '.join(words)}: {lines[0][:300]!r}"
+    return None
+
+
+def _report(name: str, cases: list[Crafted], outcomes: list[tuple[int, str]]) -> None:
+    failures = [f"{shorten(' '.join(case.args), 300)}: {problem}" for case, (code, err) in zip(cases, outcomes)
+                if (problem := _problem(code, err, case.words)) is not None]
+    print(f"\ncrafted {name}: {len(cases)} attempts, {len(cases) - len(failures)} refused in one line, "
+          f"{len(failures)} failures")
+    assert not failures, "\n".join(failures)
+
+
+def _run_guarded(cases: list[Crafted], tmp: Path) -> list[tuple[int, str]]:
+    """(exit code, stderr) of each case, run by :func:`main` in one child process (see ``GUARDED_CHILD``)."""
+    (tmp / "cases.json").write_text(json.dumps([[str(a) for a in case.args] for case in cases]))
+    env = {**os.environ, "PYTHONPATH": str(Path(trainlab.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, "-c", GUARDED_CHILD, str(tmp / "cases.json"), str(tmp / "out.json")],
+                           cwd=tmp, env=env, capture_output=True, text=True, timeout=GUARD_TIMEOUT)
+    assert child.returncode == 0, child.stderr[-2000:]
+    return [(code, err) for code, err in json.loads((tmp / "out.json").read_text())]
+
+
+def _run_here(cases: list[Crafted], capsys) -> list[tuple[int, str]]:
+    return [invoke(case.args, capsys) for case in cases]
+
+
+def _yaml_case(rng: random.Random, tmp: Path, text: str, words: tuple[str, ...]) -> Crafted:
+    """``text`` as a config file of ``trainlab run`` or as a submission file of ``trainlab bench``."""
+    path = tmp / f"{_word(rng)}.yaml"
+    path.write_text(text, encoding="utf-8")
+    if rng.random() < 0.5:
+        return Crafted(["bench", "--submission", str(path)], words)
+    return Crafted(["run", str(path), *QUIET, "--out", str(tmp / "never")], words)
+
+
+def alias_bombs(rng: random.Random, tmp: Path, n: int = 8) -> list[Crafted]:
+    """YAML files of a few hundred bytes whose aliases expand to at least 10^9 values."""
+    cases = []
+    for _ in range(n):
+        width = rng.randint(2, 12)
+        levels = math.ceil(9 / math.log10(width)) + rng.randint(0, 2)
+        names = [f"{_word(rng)}{i}" for i in range(levels)]
+        items = [f"&{names[0]} [{', '.join(['x'] * width)}]"]
+        items += [f"&{names[i]} [{', '.join([f'*{names[i - 1]}'] * width)}]" for i in range(1, levels)]
+        key = rng.choice(["steps", "name", "optimizer", "probes", "schedule", "grad_clip"])
+        if rng.random() < 0.5:
+            text = f"{key}: [{', '.join(items)}]\n"
+        else:
+            text = f"{key}:\n" + "".join(f"  - {item}\n" for item in items)
+        cases.append(_yaml_case(rng, tmp, text, ("values once aliases are expanded",)))
+    return cases
+
+
+def deep_nesting(rng: random.Random, tmp: Path, n: int = 8) -> list[Crafted]:
+    """YAML nested past the limit: flow lists and mappings (to 100000 levels), block mappings, alias chains."""
+    cases = []
+    for _ in range(n):
+        kind = rng.choice(["flow list", "flow mapping", "mixed", "block mapping", "alias chain"])
+        # (an indented block of depth d is d^2 bytes: 600 levels stay under the 1 MB limit of YAML files)
+        depth = rng.choice([21, 22, 64, 300, 600]) if kind in ("block mapping", "alias chain") else \
+            rng.choice([21, 64, 999, 5000, 100_000])
+        if kind == "flow list":
+            text = "steps: " + "[" * depth + "]" * depth
+        elif kind == "flow mapping":
+            text = "steps: " + "{a: " * depth + "1" + "}" * depth
+        elif kind == "mixed":
+            text = "optimizer: " + "[{a: " * depth + "1" + "}]" * depth
+        elif kind == "block mapping":
+            text = "".join(f"{'  ' * i}k{i}:\n" for i in range(depth)) + "  " * depth + "x: 1"
+        else:
+            text = "a0: &a0 [1]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, depth))
+        cases.append(_yaml_case(rng, tmp, text + "\n", ("nested deeper than",)))
+    return cases
+
+
+def special_files(rng: random.Random, tmp: Path) -> list[Crafted]:
+    """FIFOs, devices and directories (also behind symbolic links) as a config, a submission and a text file."""
+    fifo = tmp / "pipe.yaml"
+    os.mkfifo(fifo)
+    folder = tmp / "folder.yaml"
+    folder.mkdir()
+    targets = {"a FIFO": fifo, "/dev/zero": Path("/dev/zero"), "/dev/null": Path("/dev/null"), "a directory": folder}
+    for name, target in list(targets.items()):
+        link = tmp / f"link-{_word(rng)}.yaml"
+        link.symlink_to(target)
+        targets[f"a link to {name}"] = link
+    never, words = str(tmp / "never"), ("FIFO", "device", "directory")
+    cases = []
+    for target in targets.values():
+        cases.append(Crafted(["run", str(target), *QUIET, "--out", never], words))
+        cases.append(Crafted(["run", "workload=charlm", f"workload.path={target}", "steps=1", *QUIET, "--out", never],
+                             words))
+        if target.suffix == ".yaml":  # how `bench` tells a YAML submission
+            cases.append(Crafted(["bench", "--submission", str(target)], words))
+    return cases
+
+
+def absurd_sizes(rng: random.Random, tmp: Path, n: int = 12) -> list[Crafted]:
+    """In-range sizes that no machine holds, or that would take days to generate."""
+    choices = [
+        lambda k: [f"workload.p={10 ** k}"],
+        lambda k: ["workload=sparse_parity", f"workload.n_train={10 ** (k + 5)}"],
+        lambda k: ["workload=sparse_parity", f"workload.n={10 ** (k + 5)}", "workload.n_train=10"],
+        lambda k: ["workload=teacher_student", f"workload.n_train={10 ** (k + 5)}"],
+        lambda k: ["workload=teacher_student", f"workload.teacher_width={10 ** (k + 5)}"],
+        lambda k: ["workload=deep_linear", f"workload.d_in={10 ** (k + 4)}", f"workload.n_train={10 ** (k + 4)}"],
+        lambda k: [f"model.width={10 ** k}"],
+        lambda k: ["workload=mnist1d", f"workload.num_samples={10 ** (k + 1)}"],
+    ]
+    words = ("needs more memory than is free", "of weights alone", "must be <=")
+    return [Crafted(["run", *rng.choice(choices)(rng.randint(6, 10)), "steps=1", *QUIET, "--out", str(tmp / "never")],
+                    words) for _ in range(n)]
+
+
+INT_KEYS = ["seed", "steps", "batch_size", "eval_every", "eval_examples", "checkpoint_every", "workload.seed",
+            "probes.seed", "probes.examples", "probes.every", "model.width", "workload.p", "schedule.warmup"]
+SEED_KEYS = ["seed", "workload.seed", "probes.seed"]
+FLOAT_KEYS = ["optimizer.lr", "grad_clip", "workload.train_frac", "loss.z_loss", "time_budget"]
+
+
+def huge_ints(rng: random.Random, tmp: Path, n: int = 24) -> list[Crafted]:
+    """Integers past 64 bits (to 6000 digits, past what ``int()`` converts), seeds past 32 bits, floats past
+    1.8e308: on the command line and as YAML numbers."""
+    cases = []
+    for i in range(n):
+        kind = ("int64", "digits", "seed", "float")[i % 4]
+        if kind == "int64":
+            text = str(rng.choice([2**63 + rng.randint(0, 2**40), -(2**63) - 1]))
+            key, words = rng.choice(INT_KEYS), ("64-bit",)
+        elif kind == "digits":
+            key, text, words = rng.choice(INT_KEYS), "9" * rng.randint(20, 6000), ("64-bit",)
+        elif kind == "seed":
+            key, text, words = rng.choice(SEED_KEYS), str(rng.randint(2**32, 2**63 - 1)), ("<= 4294967295",)
+        else:
+            key, text, words = rng.choice(FLOAT_KEYS), "9" * rng.randint(310, 6000), ("finite", "expected")
+        if rng.random() < 0.5:
+            cases.append(Crafted(["run", f"{key}={text}", *QUIET, "--out", str(tmp / "never")], words))
+        else:  # YAML refuses integers of over 100 digits itself
+            path = tmp / f"{_word(rng)}.yaml"
+            path.write_text(f"{key}: {text}\n")
+            cases.append(Crafted(["run", str(path), *QUIET, "--out", str(tmp / "never")], (*words, "64-bit")))
+    return cases
+
+
+TAGGED = ["!!python/object/apply:os.system ['echo hi']", "!!python/name:os.system", "!!python/tuple [1, 2]",
+          "!!int abc", "!!float x", "!!bool maybe", "!!timestamp 2024-02-30", "!!binary AAAA", "!!set {a: null}",
+          "!!str 3", "!custom 3", "!<tag:yaml.org,2002:str> x", "!!omap [a: 1]"]
+
+
+def tags(rng: random.Random, tmp: Path, n: int = 10) -> list[Crafted]:
+    """Explicit YAML tags, from code execution to ones that fail to construct: plain values only."""
+    keys = ["steps", "name", "optimizer.lr", "schedule", "seed"]
+    return [_yaml_case(rng, tmp, f"{rng.choice(keys)}: {rng.choice(TAGGED)}\n", ("is not allowed",)) for _ in range(n)]
+
+
+CONTROL = ["\n", "\r", "\t", "\x1b[31m", "\u2028", "\x7f", "\n\n"]
+
+
+def control_paths(rng: random.Random, tmp: Path, n: int = 10) -> list[Crafted]:
+    """Paths with newlines and other control characters: the line shows them escaped, and the path's end
+    (``-TAIL...``), so nothing was cut at the newline."""
+    cases = []
+    for _ in range(n):
+        tail = f"-TAIL{rng.randint(0, 10**6)}"
+        name = f"{_word(rng)}{rng.choice(CONTROL)}{_word(rng)}{tail}"
+        role = rng.choice(["bad config", "missing config", "charlm text", "out in a file"])
+        if role == "bad config":
+            (tmp / f"{name}.yaml").write_text("steps: [3\n")
+            args = ["run", str(tmp / f"{name}.yaml")]
+        elif role == "missing config":
+            args = ["run", str(tmp / f"{name}.yaml")]
+        elif role == "charlm text":
+            args = ["run", "workload=charlm", f"workload.path={tmp / name}"]
+        else:
+            (tmp / name).write_text("x")
+            args = ["run", "steps=1", "--out", str(tmp / name / "run")]
+        cases.append(Crafted([*args, *QUIET] + ([] if "--out" in args else ["--out", str(tmp / "never")]), (tail,)))
+    return cases
+
+
+def long_names(rng: random.Random, tmp: Path, n: int = 8) -> list[Crafted]:
+    """File names over 255 bytes (ASCII or two bytes a character) as --out, a run name, a config, a text file."""
+    cases = []
+    for _ in range(n):
+        role = rng.choice(["out", "run name", "config", "charlm text"])
+        # (a run name keeps only ASCII letters, digits and _.+-: a name of é's becomes "run")
+        name = rng.choice(["x", "_"] if role == "run name" else ["x", "é", "_"]) * rng.randint(256, 600)
+        out = ["--out", str(tmp / (name if role == "out" else "never"))] if role != "run name" else []
+        args = {"out": ["workload.p=5"], "run name": ["workload.p=5", f"name={name}"],
+                "config": [str(tmp / f"{name}.yaml")],
+                "charlm text": ["workload=charlm", f"workload.path={tmp / name}"]}[role]
+        cases.append(Crafted(["run", *args, "steps=1", *QUIET, *out], ("File name too long",)))
+    return cases
+
+
+def oversized_and_not_utf8(rng: random.Random, tmp: Path, n: int = 8) -> list[Crafted]:
+    """YAML files over the size limit, and user files that are not UTF-8 within what is read."""
+    from trainlab.config import MAX_YAML_BYTES
+
+    cases = []
+    for i in range(n):
+        if i % 2 == 0:
+            padding = "# " + "x" * (MAX_YAML_BYTES + rng.randint(0, 10**6)) + "\n"
+            cases.append(_yaml_case(rng, tmp, padding + "steps: 3\n", ("larger than",)))
+            continue
+        raw = bytearray("steps: 3\nname: abc\n" * 50, "ascii")
+        raw[rng.randrange(len(raw))] = rng.choice([0xFF, 0xC3, 0x80, 0xFE])
+        path = tmp / f"{_word(rng)}.yaml"
+        path.write_bytes(bytes(raw))
+        text = tmp / f"{_word(rng)}.txt"
+        text.write_bytes(bytes(raw) * 10)
+        cases.append(rng.choice([
+            Crafted(["run", str(path), *QUIET, "--out", str(tmp / "never")], ("not UTF-8",)),
+            Crafted(["bench", "--submission", str(path)], ("not UTF-8",)),
+            Crafted(["run", "workload=charlm", f"workload.path={text}", "steps=1", *QUIET, "--out",
+                     str(tmp / "never")], ("not UTF-8",)),
+        ]))
+    return cases
+
+
+CRAFTED: dict[str, Callable[[random.Random, Path], list[Crafted]]] = {
+    "alias bombs": alias_bombs, "deep nesting": deep_nesting, "special files": special_files,
+    "absurd sizes": absurd_sizes, "huge ints": huge_ints, "tags": tags, "control characters in paths": control_paths,
+    "names over 255 bytes": long_names, "oversized or not UTF-8": oversized_and_not_utf8,
+}
+GUARDED = {"alias bombs", "deep nesting", "special files", "absurd sizes"}
+
+
+@pytest.mark.parametrize("name", list(CRAFTED))
+def test_crafted_inputs_are_refused_in_one_line(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = CRAFTED[name](random.Random(f"{SEED}/{name}"), tmp_path)
+    outcomes = _run_guarded(cases, tmp_path) if name in GUARDED else _run_here(cases, capsys)
+    _report(name, cases, outcomes)
+
+
+# The machine's failures, simulated where a test cannot cause them (a full disk; and a read-only directory
+# when running as root, which ignores permissions): one writer of the run directory fails at its k-th call.
+# The writers of a run directory: the directory, config.yaml, metrics and trace rows, summary and events,
+# checkpoints. Each fails at a call the clean run below makes (counted first: how often each writes may change).
+WRITERS = [(RunDir, "create"), (RunDir, "write_config"), (RunDir, "append_metrics"), (RunDir, "append_trace"),
+           (RunDir, "write_json"), (checkpoints, "atomic_write_bytes")]
+MACHINE_FAILURES = {
+    "disk full": [(errno.ENOSPC, "No space left"), (errno.EDQUOT, "quota"), (errno.EFBIG, "too large")],
+    "read-only --out": [(errno.EACCES, "Permission denied"), (errno.EROFS, "Read-only"), (errno.EPERM, "permitted")],
+}
+SMALL_RUN = ["run", "workload=sparse_parity", "workload.n=10", "workload.n_train=64", "model.width=8", "steps=4",
+             "eval_every=2", "checkpoint_every=2"]
+
+
+def _wrap(monkeypatch, owner: object, name: str, before: Callable[[int], None]) -> None:
+    """Make ``owner.name`` call ``before(n)`` (n: the calls so far, this one included) before it runs."""
+    original, calls = getattr(owner, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        before(len(calls))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def _writer_calls(monkeypatch, capsys, out: Path) -> dict[str, int]:
+    """How often each of :data:`WRITERS` is called by a clean :data:`SMALL_RUN`."""
+    counts: dict[str, int] = {}
+    with monkeypatch.context() as patch:
+        for owner, name in WRITERS:
+            _wrap(patch, owner, name, lambda n, name=name: counts.__setitem__(name, n))
+        assert invoke([*SMALL_RUN, *QUIET, "--out", str(out)], capsys)[0] == 0
+    return counts
+
+
+@pytest.mark.parametrize("name", list(MACHINE_FAILURES))
+def test_failures_of_the_machine_are_one_line(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    counts = _writer_calls(monkeypatch, capsys, tmp_path / "clean")
+    rng = random.Random(f"{SEED}/{name}")
+    cases, outcomes = [], []
+    for i in range(8):
+        code, words = rng.choice(MACHINE_FAILURES[name])
+        owner, writer = rng.choice(WRITERS)
+        k = rng.randint(1, counts[writer])
+        with_name = rng.random() < 0.3  # a full disk is often reported without the file's name
+        error = OSError(code, os.strerror(code), *([str(tmp_path / "x\ny")] if with_name else []))
+
+        def fail(n: int, k: int = k, error: OSError = error) -> None:
+            if n == k:
+                raise error
+
+        with monkeypatch.context() as patch:
+            _wrap(patch, owner, writer, fail)
+            cases.append(Crafted([*SMALL_RUN, f"name={writer}-call-{k}", *QUIET, "--out", str(tmp_path / f"r{i}")],
+                                 (words,)))
+            outcomes.append(invoke(cases[-1].args, capsys))
+    _report(name, cases, outcomes)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")
+def test_a_read_only_directory_as_out_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        line = assert_refused(["run", "steps=1", "workload.p=5", *QUIET, "--out", str(locked / "run")], capsys)
+    finally:
+        locked.chmod(0o700)
+    assert "Permission denied" in line

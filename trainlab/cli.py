@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch threads per trial (default: cores // workers; 1 on a machine shared with other jobs)")
     bench.add_argument("--backend", choices=["process", "ray"], default="process",
                        help="process: a local process pool; ray: an existing Ray cluster (pip install 'trainlab[ray]')")
+    bench.add_argument("--trial-timeout", type=float, metavar="SECONDS",
+                       help="kill a trial running longer than this and record it as failed (default: 4 x its time "
+                       "budget + 120 s; not with --workers 0)")
     bench.add_argument("--no-heldout", action="store_true", help="skip the held-out variants (no gate)")
     bench.add_argument("--out", metavar="DIR", help="results directory (default: results/SUITE; set-targets: "
                        "results/targets)")
@@ -310,14 +313,19 @@ def _split_run_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from trainlab.train.run import run
+    """Train; exit 0 when the run ended, 128 + the signal when Ctrl-C (130) or SIGTERM (143) stopped it.
+
+    A stopped run is saved and resumable (it prints how), but it did not finish: a script, a scheduler or
+    torchrun must not take it for a finished one.
+    """
+    from trainlab.train.run import run_outcome
 
     config, overrides = _split_run_args(ns.args)
     if ns.resume and config:
         raise ConfigError("", "--resume takes the run's saved config; do not pass a config file")
-    run(config, overrides, out=ns.out, resume=ns.resume, quiet=ns.quiet, report=not ns.no_report,
-        auto_resume=ns.auto_resume)
-    return 0
+    outcome = run_outcome(config, overrides, out=ns.out, resume=ns.resume, quiet=ns.quiet, report=not ns.no_report,
+                          auto_resume=ns.auto_resume)
+    return outcome.exit_code
 
 
 def _source_kind(meta: dict) -> str:
@@ -411,17 +419,21 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
+    from trainlab.rundir import check_output_path, printable
     from trainlab.train.load import load_run
 
+    if ns.out:
+        check_output_path(ns.out)  # never over a run's records
     run = load_run(ns.run)
     out = run.export(ns.out or run.path / "model.safetensors")
     print(f"trainlab: {sum(p.numel() for p in run.model.state_dict().values()):,} weights of step {run.step} "
-          f"written to {out}")
+          f"written to {printable(str(out))}")  # a path that is not UTF-8 as \xNN: any terminal prints it
     return 0
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
     from trainlab.report import write_compare_report, write_run_report
+    from trainlab.rundir import printable
 
     for path in ns.runs:
         if not Path(path).is_dir():
@@ -430,7 +442,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
         out = write_run_report(Path(ns.runs[0]))
     else:
         out = write_compare_report([Path(p) for p in ns.runs], Path(ns.out or "trainlab-report.html"))
-    print(f"trainlab: report written to {out}")
+    print(f"trainlab: report written to {printable(str(out))}")
     return 0
 
 
@@ -444,6 +456,7 @@ def cmd_law(ns: argparse.Namespace) -> int:
     from trainlab.errors import RunError, UserError
     from trainlab.schedules import annealing_law as law
 
+    image_format = _plot_format(ns.out) if ns.out else ""  # checked before the fit, which takes a while
     try:  # a run directory's problems are RunDirErrors (UserErrors); a fit that cannot be made is a ValueError
         params = law.fit_run(ns.fit_run)
         curves = {ns.fit_run: law.run_curve(ns.fit_run)}
@@ -483,9 +496,28 @@ def cmd_law(ns: argparse.Namespace) -> int:
             ax.plot(np.arange(len(lrs)), law.predict(params, lrs), ":", label=f"{label} predicted (not run)")
         ax.set(xlabel="step", ylabel="train loss (per batch, binned)", title="lr-annealing scaling law")
         ax.legend(fontsize=8)
-        fig.savefig(ns.out, dpi=110, bbox_inches="tight")
-        print(f"trainlab: plot written to {ns.out}")
+        from trainlab.report.output import write_figure
+        from trainlab.rundir import printable
+
+        write_figure(fig, ns.out, format=image_format, dpi=110, bbox_inches="tight")
+        print(f"trainlab: plot written to {printable(ns.out)}")
     return 0
+
+
+def _plot_format(out: str) -> str:
+    """The image format that the plot file ``out`` names by its extension (png without one). Refused: a run's
+    records (:func:`~trainlab.rundir.check_output_path`) and a format that matplotlib cannot write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from trainlab.rundir import check_output_path
+
+    check_output_path(out)
+    image_format = Path(out).suffix[1:].lower() or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if image_format not in formats:
+        raise ConfigError("--out", f"matplotlib cannot write .{image_format} images; use one of "
+                                   f"{', '.join('.' + f for f in sorted(formats))}")
+    return image_format
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
@@ -500,6 +532,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         raise ConfigError("--submission", f"`bench {action}` takes no submissions")
     if action in ("set-targets", "report") and ns.targets:
         raise ConfigError("--targets", f"`bench {action}` reads no targets (set-targets writes --targets-file)")
+    if action in ("set-targets", "report") and ns.trial_timeout is not None:
+        raise ConfigError("--trial-timeout", f"`bench {action}` takes no trial timeout (only a bench's trials have one)")
     if action != "set-targets" and ns.targets_file:
         raise ConfigError("--targets-file", "only `bench set-targets` writes targets; a bench reads --targets")
     if action == "report":
@@ -530,9 +564,51 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     result = run_bench(ns.names, ns.submission, baseline=None if ns.no_baseline else ns.baseline,
                        ruleset=ns.ruleset, seeds=ns.seeds, trials=ns.trials, studies=ns.studies or ns.seeds,
                        workers=ns.workers, threads=ns.threads, backend=ns.backend, heldout=not ns.no_heldout,
-                       out=ns.out, resume=ns.resume, progress=not ns.quiet, targets=ns.targets)
+                       out=ns.out, resume=ns.resume, progress=not ns.quiet, targets=ns.targets,
+                       trial_timeout=ns.trial_timeout)
     print(result.text)
     return 0
+
+
+# OS errors that are about the machine, not about trainlab, with what the user can do. One of these without a
+# file name (a full disk is often reported so) is still the user's to fix; any other errno without one is a bug.
+ENVIRONMENT_ERRNOS = {
+    "ENOSPC": "free some space or write elsewhere (--out)",
+    "EDQUOT": "free some space or write elsewhere (--out)",
+    "EFBIG": "the file system refuses a file this large; write elsewhere (--out)",
+    "EROFS": "write elsewhere (--out)",
+    "EACCES": "write elsewhere (--out) or change the permissions",
+    "EPERM": "write elsewhere (--out) or change the permissions",
+    "ENAMETOOLONG": "choose a shorter --out or name",
+    "EMFILE": "raise the limit of open files (ulimit -n) or run fewer workers",
+    "ENFILE": "close other programs or run fewer workers",
+    "ENOMEM": "free memory or choose smaller sizes",
+    "EIO": "the disk or the file system failed; check it",
+}
+
+
+def failure_line(err: BaseException) -> str | None:
+    """The one line :func:`main` prints for an expected failure, or None for a bug (it keeps its traceback).
+
+    Expected: a :class:`~trainlab.errors.UserError`, an OS error about a file the user named or about the
+    machine (:data:`ENVIRONMENT_ERRNOS`), and running out of memory.
+    """
+    import errno
+
+    from trainlab.errors import UserError, one_line, quote_path
+
+    if isinstance(err, UserError):
+        return f"trainlab: {err.kind}: {one_line(err)}"
+    if isinstance(err, MemoryError):
+        return "trainlab: error: out of memory; choose smaller sizes (batch_size, model and workload options)"
+    if not isinstance(err, OSError):
+        return None
+    if err.filename is not None:
+        return f"trainlab: error: {quote_path(err.filename)}: {err.strerror or one_line(err)}"
+    name = errno.errorcode.get(err.errno) if err.errno is not None else None
+    if name in ENVIRONMENT_ERRNOS:
+        return f"trainlab: error: {err.strerror or one_line(err)} ({name}); {ENVIRONMENT_ERRNOS[name]}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -546,18 +622,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from trainlab.errors import UserError, one_line
+    from trainlab.errors import UserError
 
     handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "export": cmd_export, "law": cmd_law, "bench": cmd_bench,
                 "bench-study": lambda ns: cmd_bench_study(ns.study, ns)}
     try:
         return handlers[ns.command](ns)
-    except UserError as err:  # every mistake a user can fix: one line, exit 2 (anything else is a bug)
-        print(f"trainlab: {err.kind}: {one_line(err)}", file=sys.stderr)
-    except OSError as err:
-        if err.filename is None:  # not about a path the user gave: a bug, keep the traceback
+    except (UserError, OSError, MemoryError) as err:  # what a user can fix or the machine lacks: one line, exit 2
+        line = failure_line(err)
+        if line is None:  # an OS error about neither a file nor the machine: a bug, keep the traceback
             raise
-        print(f"trainlab: error: {err.filename}: {err.strerror or one_line(err)}", file=sys.stderr)
+        print(line, file=sys.stderr)
     except KeyboardInterrupt:
         print("trainlab: aborted", file=sys.stderr)
         return 130

@@ -11,8 +11,11 @@ The classes are re-exported where they were first defined (``trainlab.config.Con
 
 from __future__ import annotations
 
+import math
+import reprlib
+
 __all__ = ["UserError", "ConfigError", "UnknownNameError", "RunError", "RunDirError", "CheckpointError",
-           "DataError", "BenchError", "one_line"]
+           "DataError", "BenchError", "one_line", "shorten", "quote_path"]
 
 
 class UserError(Exception):
@@ -29,7 +32,9 @@ class ConfigError(UserError, ValueError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         self.message = message
-        super().__init__(f"{key}: {message}" if key else message)
+        # a key comes from the user's file too: a megabyte of text or a newline must not reach the message as is
+        shown = key if key.isprintable() and len(key) <= 80 else shorten(key)
+        super().__init__(f"{shown}: {message}" if key else message)
 
 
 class UnknownNameError(UserError, KeyError):
@@ -67,3 +72,38 @@ def one_line(err: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(err).__name__
+
+
+class _BoundedRepr(reprlib.Repr):
+    """:mod:`reprlib` with every limit tied to ``limit`` and integers shown by their length when long."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxtuple = self.maxlist = self.maxarray = self.maxset = self.maxfrozenset = self.maxdeque = 5
+        self.maxdict = 4
+        self.maxstring = self.maxlong = self.maxother = limit
+
+    def repr_int(self, x: int, level: int) -> str:
+        # str() of an int with more than 4300 digits raises, and is quadratic below that: count digits instead
+        if x.bit_length() > 4 * self.maxlong:
+            digits = int(x.bit_length() * math.log10(2)) + 1
+            return f"<an integer of about {digits:,} digits>"
+        return super().repr_int(x, level)
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, in time and memory bounded by ``limit``.
+
+    Error messages show what the user gave, and that can be a megabyte of text, a list that YAML aliases
+    expand to billions of items, or an integer too long for ``str()``: their full ``repr`` takes minutes and
+    gigabytes, or raises. Long strings keep their start and end (``'abc...xyz'``), containers their first items.
+    """
+    text = _BoundedRepr(limit).repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def quote_path(path: object) -> str:
+    """A path for a one-line message: quoted, with newlines and other control characters escaped, at most
+    160 characters (the middle of a longer one is elided)."""
+    return shorten(str(path), 160)

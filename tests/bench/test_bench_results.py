@@ -1,6 +1,9 @@
-"""Records -> per-repetition times: study best, the held-out gate, and the standings built on them."""
+"""Records -> per-repetition times: study best, the held-out gate, the standings built on them, and the
+leaderboard and page written from them (user text escaped)."""
 
+import json
 import math
+import re
 
 import pytest
 
@@ -48,3 +51,51 @@ def test_standings_rank_by_benchmark_score_and_call_nothing_without_evidence():
     assert fast.speedup == 2.0 and fast.wins == 6 and fast.verdict == "faster"  # 6-0: p = 1/64
     assert base.verdict == "baseline"
     assert lucky.wins == 2 and lucky.losses == 4 and lucky.verdict == "not distinguishable"
+
+
+# ------------------------------------------------------------------------------------------ the outputs
+
+EVIL = "<script>alert(1)</script> | x\ny"
+
+
+def bench_dir(tmp_path, names=("base", EVIL)):
+    """A finished bench's results directory (bench.json, results.jsonl) without training: two submissions."""
+    out = tmp_path / "bench"
+    out.mkdir()
+    info = {"suite": "tiny", "workloads": ["w"], "baseline": names[0], "heldout": False, "ruleset": "external",
+            "seeds": 1, "studies": 1, "trials": 1, "workers": 1, "threads": 1, "machine": "m", "date": "d",
+            "submissions": [{"name": n, "spec": f"adamw name={n}", "describe": n} for n in names],
+            "targets": {"w": {"metric": "acc", "target": 0.9, "higher_is_better": True}},
+            "targets_source": {"file": "targets.json", "commit": "abc", "date": "d", "procedure": EVIL},
+            "command": f"trainlab bench --submission 'adamw name={EVIL}' `x`"}
+    (out / "bench.json").write_text(json.dumps(info))
+    records = [{**rec(n, "w", 0, 0, 5.0 + i, step=10), "score": {"time": 5.0 + i, "step": 10, "status": "reached",
+                                                                 "best": 0.95}}
+               for i, n in enumerate(names)]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return out
+
+
+def test_leaderboard_and_page_escape_submission_names(tmp_path):
+    from trainlab.bench.report import write_report
+
+    out = bench_dir(tmp_path)
+    write_report(out)
+    board = (out / "leaderboard.md").read_text()
+    # The command is a code span (shown as it is, inert); everywhere else the tag is text, the row one row.
+    command = "Command: `` trainlab bench --submission 'adamw name=<script>alert(1)</script> | x y' `x` ``\n"
+    assert command in board and "<script" not in board.replace(command, "")
+    assert "| &lt;script>alert(1)&lt;/script> \\| x y |" in board and "w (acc >= 0.9)" in board
+    standings = board.split("| rank |")[1].split("\n\n")[0].splitlines()[2:]
+    assert len(standings) == 2 and all(len(re.findall(r"(?<!\\)\|", row)) == 10 for row in standings)  # 9 cells
+    page = (out / "report.html").read_text()
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_markdown_escaping():
+    from trainlab.bench.report import md, md_code
+
+    assert md("a|b\\|c") == "a\\|b\\\\\\|c"  # a pipe never ends the cell, whatever precedes it
+    assert md("<b>&amp;\r\n\x1b[2J <= 1") == "&lt;b>&amp;amp; [2J <= 1"  # no HTML, line break or terminal escape
+    assert md("caf\udce9") == "caf\\\\xe9"  # not UTF-8: escaped, then its backslash too
+    assert md_code("a `b` c") == "``a `b` c``" and md_code("`x`") == "`` `x` ``"

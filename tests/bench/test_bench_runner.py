@@ -14,6 +14,7 @@ from bench_testing import TINY_PARITY, register_tiny
 
 from trainlab.bench import plan, runner
 from trainlab.bench.submission import parse
+from trainlab.config import ConfigError
 
 TESTS = Path(__file__).parent
 
@@ -150,3 +151,58 @@ def test_bench_workers_do_not_outlive_their_driver(tmp_path, how):
         os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
         for w in _children(proc.pid):
             os.kill(w, signal.SIGKILL)
+
+
+HANGS = """
+import subprocess, sys, threading
+import torch
+
+HYPERPARAMETERS = {"lr": 0.05}
+
+def make_optimizer(params, hyperparameters):
+    if hyperparameters["lr"] == 0.5:  # this trial never returns, and leaves a process of its own behind
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        with open(PIDFILE, "w") as f:
+            f.write(str(child.pid))
+        threading.Event().wait()
+    return torch.optim.SGD(params, lr=hyperparameters["lr"])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads process states from /proc (Linux)")
+def test_a_hung_trial_is_killed_with_its_process_group_at_its_wall_clock_limit_and_the_rest_run(tmp_path,
+                                                                                                 monkeypatch):
+    pidfile = tmp_path / "child.pid"
+    file = tmp_path / "hangs.py"
+    file.write_text(f"PIDFILE = {str(pidfile)!r}\n" + HANGS)
+    sub = parse(str(file))
+    trials = [plan.bench_trial(TINY_PARITY, sub, ruleset="external", study=0, index=i, seed=0,
+                               hyperparameters={"optimizer.lr": lr}, suite="test") for i, lr in enumerate((0.05, 0.5, 0.1))]
+    hung = trials[1].id
+    # Only the hung trial gets a limit, so the others never race a clock; 20 s is ample to reach make_optimizer.
+    monkeypatch.setattr(runner, "wall_clock_limit", lambda trial, timeout=None: 20.0 if trial.id == hung else None)
+    rows = runner.run_trials(trials, tmp_path / "bench", workers=2, threads=1, progress=False)
+    assert [r.get("error") for r in rows] == [None, "wall-clock limit: stopped after 20 s, process group killed", None]
+    assert rows[0]["score"]["status"] != "missing" and rows[2]["score"]["status"] != "missing"
+    assert rows[1]["score"]["status"] == "missing"  # no summary: a resumed bench runs it again
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the hung trial's own child process outlived the kill"
+
+
+def test_wall_clock_limits_and_their_refusals():
+    trial = plan.bench_trial(TINY_PARITY, parse("adamw"), ruleset="external", study=0, index=0, seed=0,
+                             hyperparameters={}, suite="test")
+    assert runner.wall_clock_limit(trial) == 4 * TINY_PARITY.time_budget + 120
+    assert runner.wall_clock_limit(trial, 7.5) == 7.5
+    assert runner.wall_clock_limit(runner.Trial("study", ("steps=10",))) is None  # no time budget, no limit
+    for timeout, workers, start in [(0, 1, "--trial-timeout: must be a positive number"),
+                                    (float("inf"), 1, "--trial-timeout: must be a positive number"),
+                                    (10, 0, "--trial-timeout: needs trial processes")]:
+        with pytest.raises(ConfigError) as err:
+            runner.check_trial_timeout(timeout, workers)
+        assert str(err.value).startswith(start) and "\n" not in str(err.value)
+    runner.check_trial_timeout(None, 0)

@@ -106,6 +106,7 @@ def test_python_file_without_schedule_keeps_hyperparameters_on_the_optimizer(tmp
                     "def make_optimizer(params, hp):\n    return torch.optim.SGD(params, lr=hp['lr'])\n")
     sub = submission.parse(str(file))
     assert sub.schedule == "constant" and sub.trainer == {"batch_size": 16}
+    submission.register_file(sub.file)  # as the process that trains does (parse never imports the file)
     cfg = from_cli(None, ["workload=sparse_parity", *sub.overrides({"optimizer.lr": 0.3}, steps=50)])
     assert cfg.optimizer.options.lr == 0.3 and cfg.train.batch_size == 16 and cfg.schedule.name == "constant"
 
@@ -115,6 +116,70 @@ def test_python_file_without_make_optimizer_is_refused(tmp_path):
     file.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="make_optimizer"):
         submission.parse(str(file))
+
+
+WRONG = {  # a submission file's mistake -> what its one-line message names
+    "HYPERPARAMETERS = 3": "HYPERPARAMETERS is 3 (int); expected a dict",
+    "HYPERPARAMETERS = {'lr': {'a': 1}}": "HYPERPARAMETERS['lr'] is {'a': 1} (dict)",
+    "HYPERPARAMETERS = {1: 0.1}": "HYPERPARAMETERS key 1 is not a Python identifier",
+    "SEARCH_SPACE = {'lr': 5}": "SEARCH_SPACE['lr'] is 5 (int); expected 'loguniform(lo, hi)'",
+    "SEARCH_SPACE = {'lr': 'loguniform(1e-3)'}": "SEARCH_SPACE['lr']: loguniform(lo, hi) needs two numbers",
+    "BATCH_SIZE = 'big'": "BATCH_SIZE is 'big' (str); expected None or a positive int",
+    "BATCH_SIZE = 0": "BATCH_SIZE is 0 (int)",
+    "make_optimizer = 3": "defines no make_optimizer(params, hyperparameters)",
+    "def make_optimizer(params, hp):\n    return 42": "make_optimizer returned 42 (int), not a torch.optim.Optimizer",
+    "def make_optimizer(params, hp):\n    raise ValueError('no\\nmore')": "make_optimizer(params, hyperparameters) raised "
+                                                                          "ValueError: no",
+    "make_schedule = 5": "make_schedule is 5 (int), not a function",
+    "def make_schedule(total, hp):\n    return 5": "make_schedule returned 5 (int), not a function",
+    "def make_schedule(total, hp):\n    return lambda step: float('nan')": "make_schedule's function returned nan "
+                                                                          "(float) at step 0; expected a finite",
+    "def make_schedule(total):\n    return lambda step: 'fast'": "make_schedule's function returned 'fast' (str) at "
+                                                                   "step 0",
+}
+GOOD = "import torch\n\ndef make_optimizer(params, hp):\n    return torch.optim.SGD(params, lr=0.1)\n"
+
+
+@pytest.mark.parametrize("mistake", list(WRONG))
+def test_wrong_types_in_a_python_file_are_one_line_naming_the_file(tmp_path, mistake):
+    file = tmp_path / "algo.py"
+    file.write_text(GOOD + mistake + "\n")  # the mistake comes last: it replaces the good definition
+    with pytest.raises(ConfigError) as err:
+        submission.probe(file)  # what the check process runs (the bench never imports the file itself)
+    message = str(err.value)
+    assert message.startswith(f"submission: {file}: ") and "\n" not in message, message
+    assert WRONG[mistake] in message, message
+
+
+def test_a_file_that_exits_at_import_is_one_line_and_never_imported_by_the_bench(tmp_path, capsys):
+    from trainlab.cli import main
+
+    file = tmp_path / "exits.py"
+    file.write_text("import sys\nsys.exit(3)\n")
+    assert main(["bench", "sparse_parity", "--submission", str(file), "--no-baseline", "--quiet",
+                 "--out", str(tmp_path / "bench")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"trainlab: config error: submission: {file}: importing it raised SystemExit: 3\n"
+    assert not (tmp_path / "bench").exists()  # refused before anything was planned or written
+
+
+def test_a_file_whose_check_process_dies_is_one_line(tmp_path):
+    file = tmp_path / "dies.py"
+    file.write_text("import os\nos._exit(4)\n")
+    with pytest.raises(ConfigError, match=r"dies.py: checking it \(import, make_optimizer, make_schedule\) failed: "
+                                          r"its process died \(exit code 4\)$"):
+        submission.parse(str(file))
+
+
+def test_a_schedule_the_check_cannot_catch_fails_its_trial_in_one_line(tmp_path):
+    file = tmp_path / "long_nan.py"  # finite over the check's 100 steps, NaN over the trial's 300
+    file.write_text(GOOD + "def make_schedule(total):\n    return lambda step: 1.0 if total <= 100 else float('nan')\n")
+    sub = submission.parse(str(file))
+    trial = plan.bench_trial(TINY_PARITY, sub, ruleset="external", study=0, index=0, seed=0, hyperparameters={},
+                             suite="test")
+    outcome = runner.execute(trial, str(tmp_path / "trial"), threads=1)
+    assert outcome == {"error": f"ConfigError: submission: {sub.file}: make_schedule's function returned nan (float) "
+                                "at step 0; expected a finite number (the lr multiplier)"}
 
 
 def test_values_render_to_words_the_config_reads_back():

@@ -221,3 +221,21 @@ def test_lr_transfer_script_is_a_wrapper():
     spec.loader.exec_module(module)
     assert module.best_lr is studies.best_lr and module.final_loss is studies.tail_train_loss
     assert os.path.getsize(path) < 6000
+
+
+def test_study_summary_and_page_escape_what_users_gave(tmp_path):
+    # --set words and the command are the user's: no raw HTML, no broken line in summary.md or report.html
+    out = tmp_path / "sens"
+    out.mkdir()
+    evil = "name=<script>alert(1)</script>|x\ny"
+    info = {"kind": "sensitivity", "extra": [evil], "command": f"trainlab bench sensitivity --set '{evil}'",
+            "steps": 10, "seeds": 1, "workers": 0, "threads": 1, "date": "d", "machine": "m"}
+    (out / "study.json").write_text(json.dumps(info))
+    rows = [{"kind": "sensitivity", "workload": "w", "variant": "base", "seed": 0, "lr": lr, "initial_loss": 4.0,
+             "final_loss": loss} for lr, loss in ((1e-3, 3.0), (1e-2, 2.0), (1e-1, None))]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    studies.write_report(out)
+    summary = (out / "summary.md").read_text()
+    assert "extra overrides: name=&lt;script>alert(1)&lt;/script>\\|x y" in summary
+    assert "Command: `trainlab bench sensitivity --set 'name=<script>alert(1)</script>|x y'`\n" in summary  # a code span
+    assert "<script" not in (out / "report.html").read_text()

@@ -15,6 +15,10 @@ from trainlab.distributed.env import DistEnv
 from trainlab.train.config import from_cli
 
 BASE = ["workload.p=13", "model.width=16", "batch_size=40", "dtype=float64", "steps=50", "trace=false"]
+# a language model whose blocks live in a ModuleList and whose head is tied to the token embedding
+TRANSFORMER = ["workload=charlm", "workload.block_size=8", "workload.max_chars=3000", "model=transformer",
+               "model.d_model=16", "model.n_head=2", "model.tie_embeddings=true", "batch_size=20", "dtype=float64",
+               "steps=50", "trace=false"]
 STEPS = 4
 
 
@@ -65,6 +69,10 @@ def _run_strategies(rank, world):
     sd = parts.strategy.model_state(parts.model)  # full tensors on rank 0 (cpu_offload), {} elsewhere
     out["fsdp"] = {"state": sd, "by_kind": dict(parts.strategy.meter.by_kind),
                    "local_loss": parts.strategy.local_loss}
+    # fsdp over a transformer: each block of the ModuleList is a unit, the tied weight stays in the root
+    parts = _train(Stepper([*TRANSFORMER, "dist=fsdp"], env))
+    out["fsdp_transformer"] = {"state": parts.strategy.model_state(parts.model),
+                               "by_kind": dict(parts.strategy.meter.by_kind)}
     # diloco with H = 1, outer step = identity (lr 1, momentum 0) and inner SGD == DDP with SGD
     parts = _parts(["dist=diloco", "dist.inner_steps=1", "dist.outer_lr=1", "dist.outer_momentum=0",
                     "optimizer=sgd", "optimizer.lr=0.1"], env)
@@ -119,6 +127,11 @@ def test_ddp_zero1_fsdp_diloco_match_one_process_and_count_the_payload():
     for r in (r0, r1):
         assert r["fsdp"]["by_kind"] == {k: STEPS * v for k, v in analytic.items()}
     assert analytic["reduce_scatter"] >= P  # padded whole gradients: at least DDP's payload
+    transformer = _train(Stepper(TRANSFORMER, DistEnv())).model.state_dict()
+    _assert_close(r0["fsdp_transformer"]["state"], transformer)
+    analytic = fsdp_step_payload(Stepper(TRANSFORMER, DistEnv()).model, 2)
+    for r in (r0, r1):
+        assert r["fsdp_transformer"]["by_kind"] == {k: STEPS * v for k, v in analytic.items()}
     # DiLoCo with H = 1 and an identity outer step is data-parallel SGD; one all-reduce of P per step
     _assert_close(r0["diloco"]["state"], r0["ddp_sgd"]["state"], tol=1e-12)
     _assert_close(r1["diloco"]["state"], r0["ddp_sgd"]["state"], tol=1e-12)
@@ -184,6 +197,14 @@ def test_dist_section_is_saved_and_one_process_behaviour(tmp_path):
     with pytest.raises(ConfigError, match=r"optimizer: adamw_schedulefree offers train\(\)/eval\(\)"):
         _parts(["dist=zero1", "optimizer=adamw_schedulefree"], DistEnv())
     assert not dist.is_initialized()
+
+
+def test_grokalign_with_fsdp_is_refused_in_one_line():
+    """GrokAlign differentiates a backward pass; FSDP's post-backward hooks free the gathered parameters that
+    second backward reads (a storage-size traceback), on one process too."""
+    with pytest.raises(ConfigError) as err:
+        from_cli(None, ["loss.grokalign=1e-3", "dist=fsdp"])
+    assert str(err.value).startswith("loss.grokalign: needs a double backward") and "\n" not in str(err.value)
 
 
 def test_one_process_zero1_and_fsdp_equal_the_plain_trainer():

@@ -212,6 +212,7 @@ def test_the_python_file_submission_trains(tmp_path):
 
     path = Path(__file__).parents[2] / "examples" / "autolrs_submission.py"
     sub = submission.from_file(str(path))
+    submission.register_file(sub.file)  # the process that trains registers the file (from_file checks it elsewhere)
     assert sub.optimizer.startswith("submission_") and sub.optimizer_options["candidates"] == 5
     out = trainlab.run(None, [*TINY, *sub.overrides({"optimizer.explore_steps": 5, "optimizer.stage_steps": 20}, 120)],
                        out=tmp_path / "run", quiet=True, report=False)

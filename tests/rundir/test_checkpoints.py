@@ -81,3 +81,9 @@ def test_atomic_write_respects_the_umask(tmp_path):
     atomic_write_text(tmp_path / "f.txt", "x")
     (tmp_path / "g.txt").write_text("x")  # what open() gives
     assert (tmp_path / "f.txt").stat().st_mode == (tmp_path / "g.txt").stat().st_mode
+
+
+def test_a_loaded_checkpoint_is_a_plain_mapping_that_knows_its_file(tmp_path):
+    path = checkpoints.save(tmp_path, 7, payload())
+    loaded = checkpoints.load(tmp_path)
+    assert isinstance(loaded, dict) and loaded.path == path and loaded["step"] == 7

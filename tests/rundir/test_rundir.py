@@ -4,12 +4,14 @@ and one-line errors that name the file for everything a user can get wrong."""
 import math
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from trainlab import cli
 from trainlab.errors import RunDirError
-from trainlab.rundir import CONFIG, METRICS, SUMMARY, TRACE, RunDir, new_run_dir
+from trainlab.rundir import CONFIG, METRICS, SUMMARY, TRACE, RunDir, new_run_dir, printable
 from trainlab.rundir import summary as summary_of
 
 CONFIG_TEXT = "workload:\n  name: modular\n  p: 97\noptimizer:\n  name: adamw\n  lr: 0.001\nsteps: 30\n"
@@ -209,7 +211,8 @@ def test_summary_and_events_of_the_wrong_kind(tmp_path):
 def test_unreadable_file_is_a_one_line_error(tmp_path):
     rd = RunDir(tmp_path)
     rd.summary_path.mkdir()  # a directory where a file should be: not "missing", but not readable either
-    assert error(rd.summary).startswith(f"{rd.summary_path}: ")
+    message = error(rd.summary)
+    assert str(rd.summary_path) in message and "not a regular file" in message
 
 
 @pytest.mark.parametrize("setup", ["not a run", "empty metrics", "bad summary"])
@@ -229,11 +232,31 @@ def test_trainlab_report_prints_one_line_and_exits_2(tmp_path, capsys, setup):
 
 
 def test_new_run_dir_never_reuses_a_name(tmp_path):
-    first = new_run_dir(tmp_path, "a b/c")
-    assert first == tmp_path / "a-b-c"
-    first.mkdir()
-    assert new_run_dir(tmp_path, "a b/c") == tmp_path / "a-b-c-2"
+    first = new_run_dir(tmp_path / "runs", "a b/c")
+    assert first == tmp_path / "runs" / "a-b-c" and first.is_dir()  # made, with its parents
+    assert new_run_dir(tmp_path / "runs", "a b/c") == tmp_path / "runs" / "a-b-c-2"
     assert new_run_dir(tmp_path, "///") == tmp_path / "run"
+    assert new_run_dir(tmp_path, "caf\udce9 \u00e9t\u00e9") == tmp_path / "caf-t"  # ASCII only, whatever the bytes
+
+
+def test_new_run_dir_gives_simultaneous_callers_a_directory_each(tmp_path):
+    start = threading.Barrier(8)
+
+    def make(_):
+        start.wait()
+        return new_run_dir(tmp_path, "same")
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(make, range(8)))
+    assert sorted(made) == sorted([tmp_path / "same", *(tmp_path / f"same-{k}" for k in range(2, 9))])
+
+
+def test_printable_writes_undecodable_bytes_as_escapes():
+    assert printable("caf\udce9") == "caf\\xe9"  # the byte 0xe9 of a Latin-1 command line, as Python holds it
+    assert printable("caf\u00e9 \u6f22") == "caf\u00e9 \u6f22"  # valid text is unchanged
+    assert printable("x\ud800") == "x\\ud800"  # a lone surrogate that stands for no byte
+    for text in ("caf\udce9", "x\ud800"):
+        printable(text).encode("utf-8")
 
 
 def test_importing_the_format_stays_light():

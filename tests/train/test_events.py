@@ -1,6 +1,8 @@
 import math
 
-from trainlab.train.events import EventTracker
+import pytest
+
+from trainlab.train.events import Event, EventTracker, check_state
 
 
 def row(step, train, val, loss=1.0):
@@ -83,3 +85,35 @@ def test_detector_state_survives_a_checkpoint():
     for row in rows[4:]:
         second.update(row)
     assert [e.to_dict() for e in second.events] == [e.to_dict() for e in whole.events]
+
+
+def test_an_evaluated_divergence_names_the_train_loss():
+    tracker = EventTracker("acc", True, 0.99)
+    [event] = tracker.update(row(30, 0.1, 0.1, loss=float("inf")))
+    assert (event.name, event.step, event.metric, event.detail) == ("diverged", 30, "train_loss", "train loss is inf")
+
+
+def test_a_recorded_event_counts_as_fired_and_is_not_detected_again():
+    tracker = EventTracker("acc", True, 0.99)
+    found = Event("diverged", 12, 1.5, None, "loss", "the training loss of step 12 is nan")
+    assert tracker.record(found) is found and tracker.fired("diverged") is found
+    assert tracker.update(row(13, 0.1, 0.1, loss=float("nan"))) == []
+    assert tracker.summary()["diverged"] == 12
+
+
+@pytest.mark.parametrize(("entry", "problem"), [
+    ([1, 2], "is list, not a mapping"),
+    ({"name": "memorized", "time": 1.0}, "has no 'step'"),
+    ({"name": "memorized", "step": "3", "time": 1.0}, "has 'step' of type str"),
+    ({"name": "memorized", "step": True, "time": 1.0}, "has 'step' of type bool"),
+    ({"name": "memorized", "step": 3, "time": 1.0, "colour": "red"}, "has an unknown field 'colour'"),
+])
+def test_an_event_from_a_file_is_checked_field_by_field(entry, problem):
+    with pytest.raises(ValueError, match=problem):
+        EventTracker("acc", True, 0.9, [entry])
+
+
+def test_detector_state_from_a_file_is_checked():
+    with pytest.raises(ValueError, match="has 'in_spike' of type str"):
+        EventTracker("acc", True, 0.9, [], {"in_spike": "yes"})
+    assert check_state({"min_loss": 0.5, "unknown": object}) == {"min_loss": 0.5, "unknown": object}

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from trainlab.config import ConfigError
 from trainlab.workloads import build
 from trainlab.workloads.base import DataError
-from trainlab.workloads.charlm import CORPUS_MODULES, default_corpus
+from trainlab.workloads.charlm import CORPUS_MODULES, default_corpus, read_text
 
 
 def test_user_file_examples(tmp_path) -> None:
@@ -57,6 +59,27 @@ def test_default_corpus_from_stdlib() -> None:
     assert d.x_train.shape[1] == 32 and d.n_val == 2000 // 33
     assert "textwrap" in CORPUS_MODULES
     assert wl.data("tokens") is d  # cached
+
+
+def test_a_text_file_is_read_only_as_far_as_max_chars_needs(tmp_path) -> None:
+    path = tmp_path / "text.txt"
+    text = "aé€𝄞" * 1000  # 1, 2, 3 and 4 bytes a character: every way a cut can fall inside one
+    path.write_bytes(text.encode("utf-8") + b"\xff" * 100)  # not UTF-8 past what the cap needs
+    for cap in (1, 2, 3, 4, 5, 999, 4000):
+        assert read_text(str(path), cap) == text[:cap]
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_text(str(path))  # no cap: the whole file is read
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_text(str(path), 4001)  # the bad byte is within the cap
+
+
+def test_special_files_are_refused_without_reading_them(tmp_path) -> None:
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)  # reading it would block until a writer came
+    with pytest.raises(DataError, match="is a FIFO"):
+        build("charlm", path=str(fifo)).data("tokens")
+    with pytest.raises(DataError, match="'/dev/zero' is a device"):  # it never ends
+        build("charlm", path="/dev/zero").data("tokens")
 
 
 def test_errors(tmp_path) -> None:

@@ -22,7 +22,8 @@ from typing import Sequence
 
 from trainlab.bench import plan, submission
 from trainlab.bench.report import BENCH_FILE, leaderboard_table, load, write_report
-from trainlab.bench.runner import BenchError, Trial, check_backend, cores, default_workers, keep_records, run_trials
+from trainlab.bench.runner import (BenchError, Trial, check_backend, check_trial_timeout, cores, default_workers,
+                                   keep_records, run_trials)
 from trainlab.bench.suite import HELDOUT, TARGETS_FILE, BenchWorkload, select, targets_file_data, with_targets
 from trainlab.bench.tuning import RULESETS
 from trainlab.config import ConfigError
@@ -40,7 +41,8 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
               ruleset: str = "external", seeds: int = 3, trials: int = 5, studies: int | None = None,
               workers: int | None = None, threads: int | None = None, backend: str = "process",
               heldout: bool = True, out: str | Path | None = None, resume: bool = False,
-              progress: bool = True, targets: str | Path | None = None) -> BenchResult:
+              progress: bool = True, targets: str | Path | None = None,
+              trial_timeout: float | None = None) -> BenchResult:
     """Bench ``submissions`` (``--submission`` specs) on the suites/workloads ``names``; see ``trainlab bench -h``.
 
     ``baseline`` is added unless already among them (None: none; speedups are then not computed).
@@ -48,10 +50,14 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
     for a search space under external tuning. ``heldout=False`` skips the held-out gate. ``out`` defaults to
     ``results/SUITE``; an existing bench there is continued only with ``resume=True``. ``targets`` is a targets
     file written by ``set-targets`` to use instead of the packaged ``trainlab/bench/targets.json``.
+    ``trial_timeout`` (seconds) replaces each trial's wall-clock limit (default: 4 x its time budget + 120 s;
+    see :mod:`trainlab.bench.runner`).
     """
     if ruleset not in RULESETS:
         raise ConfigError("--ruleset", f"expected one of {', '.join(RULESETS)}, got {ruleset!r}")
     check_backend(backend)
+    workers = default_workers() if workers is None else workers
+    check_trial_timeout(trial_timeout, workers, backend)
     label, workloads = select(list(names))
     targets_path = TARGETS_FILE if targets is None else Path(targets)
     if targets is not None:
@@ -81,18 +87,18 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
                               suite=label)
     _validate(phase1, workloads if heldout else [])
     info = _info(label, workloads, subs, base_name, ruleset=ruleset, seeds=seeds, studies=studies, trials=trials,
-                 heldout=heldout, workers=default_workers() if workers is None else workers, threads=threads,
-                 backend=backend, targets_path=targets_path)
+                 heldout=heldout, workers=workers, threads=threads,
+                 backend=backend, trial_timeout=trial_timeout, targets_path=targets_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / BENCH_FILE, json.dumps(info, indent=1, default=str) + "\n")
     try:
         records = run_trials(phase1, out_dir, workers=workers, threads=threads, backend=backend, progress=progress,
-                             label="bench")
+                             label="bench", trial_timeout=trial_timeout)
         phase2: list[Trial] = []
         if heldout:
             phase2 = plan.heldout_trials(workloads, subs, records, ruleset=ruleset, suite=label)
             run_trials(phase2, out_dir, workers=workers, threads=threads, backend=backend, progress=progress,
-                       label="held-out gate")
+                       label="held-out gate", trial_timeout=trial_timeout)
     except KeyboardInterrupt:
         print(f"trainlab: bench interrupted; finished trials are kept: rerun the same command with --out {out_dir} "
               "--resume", file=sys.stderr)
@@ -106,18 +112,18 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
 
 
 def _validate(trials: list[Trial], gated: Sequence[BenchWorkload]) -> None:
-    """Resolve one config per (submission, workload) here, so a mistake stops the bench before it starts."""
+    """Resolve every trial's config here, so a mistake stops the bench before any trial is spent. A Python-file
+    submission's trials are resolved in the fresh process that checks the file: it is never imported here."""
     from trainlab.train.config import from_cli
 
-    checked: set[tuple[str, str]] = set()
-    for trial in trials:
-        key = (trial.meta["submission"], trial.meta["workload"])
-        if key in checked:
-            continue
-        checked.add(key)
-        if trial.submission_file:
-            submission.register_file(trial.submission_file)
-        from_cli(None, list(trial.overrides))
+    by_file: dict[str, list[tuple[str, ...]]] = {}
+    for file, words in dict.fromkeys((t.submission_file, t.overrides) for t in trials):
+        if file:
+            by_file.setdefault(file, []).append(words)
+        else:
+            from_cli(None, list(words))
+    for file, configs in by_file.items():
+        submission.check_file(file, configs)
     for workload in gated:
         workload.variant(HELDOUT).resolved_target()
 

@@ -7,6 +7,10 @@
 - ``report.html``: the same, self-contained, in the style of ``trainlab report`` (its page, section and
   figure helpers are reused).
 
+Every file is written by :mod:`trainlab.report.output` (atomically, as valid UTF-8). Text that users give --
+submission names and specs, workload names, the command, the targets' source -- is escaped for each format:
+:func:`md` and :func:`md_code` for markdown (no raw HTML, no broken table rows), :func:`html.escape` for HTML.
+
 :func:`write_page` and :func:`table` are generic, for studies that want a page of their own.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +28,9 @@ from trainlab.bench import scoring
 from trainlab.bench.results import Standings, standings
 from trainlab.bench.runner import load_records
 from trainlab.report.html import _e, _figures, _header, _page, _section
-from trainlab.report.plots import RUN_COLORS, _new_figure, _save
+from trainlab.report.output import write_text
+from trainlab.report.plots import RUN_COLORS, _new_figure, _save, _text
+from trainlab.rundir import printable
 
 BENCH_FILE = "bench.json"
 LEADERBOARD = "leaderboard.md"
@@ -49,9 +56,7 @@ def write_report(out_dir: str | Path) -> list[Path]:
     info, st = load(out)
     plots = [plot_profile(st, out / PLOTS / "performance_profile.png"),
              plot_times(st, out / PLOTS / "time_to_target.png")]
-    md = out / LEADERBOARD
-    md.write_text(markdown(info, st))
-    html = out / REPORT
+    leaderboard = write_text(out / LEADERBOARD, markdown(info, st))
     sections = [
         ("Leaderboard", table(*_standings_table(st), html=True) + _definitions_html()),
         ("Time to target", table(*_times_table(info, st), html=True)),
@@ -60,23 +65,52 @@ def write_report(out_dir: str | Path) -> list[Path]:
         ("Trials", f"<details><summary>{len(load_records(out))} trial records (results.jsonl)</summary>"
                    + table(*_trials_table(out), html=True) + "</details>"),
     ]
-    write_page(html, f"trainlab bench: {info['suite']}", _meta(info), sections)
-    return [md, *plots, html]
+    page = write_page(out / REPORT, f"trainlab bench: {info['suite']}", _meta(info), sections)
+    return [leaderboard, *plots, page]
 
 
 # ------------------------------------------------------------------------------------------------ tables
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, html: bool = False) -> str:
-    """A markdown table, or (``html=True``) an HTML one; cells are plain text."""
+    """A markdown table, or (``html=True``) an HTML one; headers and cells are plain text, escaped here."""
     if html:
         head = "".join(f"<th>{_e(h)}</th>" for h in headers)
         body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
         return f'<div class="scroll"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
-    esc = [[str(c).replace("|", "\\|") for c in row] for row in rows]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in esc]
+    lines = ["| " + " | ".join(md(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# Control characters (newlines included) and Unicode's line and paragraph separators: each would end a line.
+_LINE_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def _one_line(text: object) -> str:
+    return _LINE_BREAKERS.sub(" ", printable(str(text)))
+
+
+# A "<" where markdown would start raw HTML (a tag, a closing tag, a comment, a declaration) or an autolink.
+_HTML_START = re.compile("<(?=[A-Za-z/!?])")
+
+
+def md(text: object) -> str:
+    """``text`` as literal markdown on one line: control characters (a newline would end a table row) as a
+    space; ``&`` and a ``<`` that would open a tag as HTML entities (markdown passes raw HTML through, so a
+    submission named ``<script>`` would be a script; ``<=`` stays as it is); ``\\`` and ``|`` (which ends a
+    table cell) backslash-escaped."""
+    text = _HTML_START.sub("&lt;", _one_line(text).replace("&", "&amp;"))
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def md_code(text: object) -> str:
+    """``text`` as a markdown code span on one line, shown literally: fenced by one backtick more than the
+    longest run of backticks inside it (a command may hold backticks)."""
+    text = _one_line(text)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""  # CommonMark strips one space on each side
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def leaderboard_table(st: Standings) -> str:
@@ -191,8 +225,8 @@ _TIMES_NOTE = ("Median [95% bootstrap CI] over repetitions, and the median step 
 
 
 def markdown(info: dict[str, Any], st: Standings) -> str:
-    parts = [f"# trainlab bench: {info['suite']}", "", " · ".join(_meta_text(info)), "",
-             f"Command: `{info.get('command', '')}`", "",
+    parts = [f"# trainlab bench: {md(info['suite'])}", "", " · ".join(md(m) for m in _meta_text(info)), "",
+             f"Command: {md_code(info.get('command', ''))}", "",
              table(*_standings_table(st)), "", _DEFINITIONS, "",
              "## Time to target", "", _TIMES_NOTE, "",
              table(*_times_table(info, st)), "",
@@ -201,8 +235,8 @@ def markdown(info: dict[str, Any], st: Standings) -> str:
              "![time to target](plots/time_to_target.png)", ""]
     targets = info.get("targets_source", {})
     if targets:
-        source = (f"From `{targets.get('file', '')}` (commit {targets.get('commit', '?')}, "
-                  f"{targets.get('date', '?')}): {targets.get('procedure', '')}")
+        source = (f"From {md_code(targets.get('file', ''))} (commit {md(targets.get('commit', '?'))}, "
+                  f"{md(targets.get('date', '?'))}): {md(targets.get('procedure', ''))}")
         parts += ["## Targets", "", source, ""]
     return "\n".join(parts)
 
@@ -230,8 +264,7 @@ def _definitions_html() -> str:
 def write_page(path: Path, title: str, meta: list[str], sections: Sequence[tuple[str, str]]) -> Path:
     """A self-contained page (trainlab report's style) with ``sections`` of already-built HTML."""
     body = [_header(title, meta), *(_section(name, content) for name, content in sections)]
-    path.write_text(_page(title, body), encoding="utf-8")
-    return path
+    return write_text(path, _page(title, body))
 
 
 # -------------------------------------------------------------------------------------------------- plots
@@ -239,7 +272,6 @@ def write_page(path: Path, title: str, meta: list[str], sections: Sequence[tuple
 
 def plot_profile(st: Standings, file: Path) -> Path:
     """ρ(τ) for τ in [1, 4], one step line per submission, its benchmark score in the legend."""
-    file.parent.mkdir(parents=True, exist_ok=True)
     taus = np.linspace(1.0, scoring.R_MAX, 601)
     profiles = scoring.profile(st.times(), taus)
     fig, ax = _new_figure()
@@ -247,7 +279,7 @@ def plot_profile(st: Standings, file: Path) -> Path:
     for row in st.rows:  # best first; colours follow the submission order, as in the bars
         i = st.submissions.index(row.name)
         ax.step(taus, profiles[row.name], where="post", color=RUN_COLORS[i % len(RUN_COLORS)], lw=1.8,
-                ls=styles[i % len(styles)], label=f"{row.name} (B = {row.score:.3f})")
+                ls=styles[i % len(styles)], label=f"{_text(row.name)} (B = {row.score:.3f})")
     ax.set(xlabel="τ (time / fastest submission's time)", ylabel="ρ(τ): fraction of workloads",
            xlim=(1.0, scoring.R_MAX), ylim=(-0.02, 1.02))
     ax.set_title("performance profile", loc="left", fontsize=11)
@@ -258,7 +290,6 @@ def plot_profile(st: Standings, file: Path) -> Path:
 
 def plot_times(st: Standings, file: Path) -> Path:
     """Median time to target per workload and submission (log scale), bootstrap CI bars; misses marked."""
-    file.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = _new_figure()
     n = max(len(st.submissions), 1)
     width = 0.8 / n
@@ -279,9 +310,9 @@ def plot_times(st: Standings, file: Path) -> Path:
             ax.errorbar([x], [cell.time], yerr=[[cell.time - lo], [hi - cell.time]], color="#333333", lw=1, capsize=2)
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=RUN_COLORS[i % len(RUN_COLORS)], label=sub) for i, sub in enumerate(st.submissions)]
+    handles = [Patch(color=RUN_COLORS[i % len(RUN_COLORS)], label=_text(sub)) for i, sub in enumerate(st.submissions)]
     ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(st.workloads)), st.workloads, rotation=15, fontsize=9)
+    ax.set_xticks(np.arange(len(st.workloads)), [_text(w) for w in st.workloads], rotation=15, fontsize=9)
     ax.set_ylabel("training seconds to target (x: miss)")
     ax.set_title("time to target", loc="left", fontsize=11)
     ax.legend(handles=handles, frameon=False, fontsize=9)

@@ -50,6 +50,7 @@ from trainlab.bench.runner import BenchError, Trial, cores, keep_records, load_r
 from trainlab.bench.submission import fmt
 from trainlab.config import ConfigError
 from trainlab.rundir import RunDir
+from trainlab.report.output import write_text
 from trainlab.rundir.atomic import atomic_write_text
 
 STUDY_FILE = "study.json"
@@ -384,16 +385,18 @@ def sensitivity_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_sensitivity_report(out_dir: str | Path) -> StudyResult:
+    from trainlab.bench.report import md, md_code  # escape what users gave (--set, the command)
+
     out = Path(out_dir)
     info = json.loads((out / STUDY_FILE).read_text())
     summary = sensitivity_summary(load_records(out))
     plot = plot_sensitivity(summary, out / PLOTS / "loss_vs_lr.png")
     main_table, curve_table = _sensitivity_tables(summary)
-    md = "\n".join([
-        "# LR sensitivity (Wortsman et al. 2023)", "", _meta_line(info), "", f"Command: `{info.get('command', '')}`",
-        "", markdown_table(*main_table), "", _SENS_NOTE, "", "## Final loss per learning rate", "",
+    summary_md = "\n".join([
+        "# LR sensitivity (Wortsman et al. 2023)", "", md(_meta_line(info)), "",
+        f"Command: {md_code(info.get('command', ''))}", "", markdown_table(*main_table), "", _SENS_NOTE, "", "## Final loss per learning rate", "",
         markdown_table(*curve_table), "", "![loss vs lr](plots/loss_vs_lr.png)", ""])
-    (out / SUMMARY).write_text(md)
+    write_text(out / SUMMARY, summary_md)
     html = _write_html(out / REPORT, "LR sensitivity", info,
                        [("LR sensitivity", main_table), ("Final loss per learning rate", curve_table)], [plot], _SENS_NOTE)
     text = markdown_table(*main_table) + f"\n\ntrainlab: study results in {out} ({SUMMARY}, {plot.name}, {REPORT})"
@@ -563,18 +566,20 @@ def transfer_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_transfer_report(out_dir: str | Path) -> StudyResult:
+    from trainlab.bench.report import md, md_code  # escape what users gave (--set, the command)
+
     out = Path(out_dir)
     info = json.loads((out / STUDY_FILE).read_text())
     summary = transfer_summary(load_records(out))
     plots = [plot_transfer_curves(summary, out / PLOTS / "loss_vs_lr.png"),
              plot_best_lr(summary, out / PLOTS / "best_lr_vs_width.png")]
     main_table, curve_table = _transfer_tables(summary)
-    md = "\n".join([
-        "# LR transfer across width", "", _meta_line(info), "", f"Command: `{info.get('command', '')}`", "",
+    summary_md = "\n".join([
+        "# LR transfer across width", "", md(_meta_line(info)), "", f"Command: {md_code(info.get('command', ''))}", "",
         markdown_table(*main_table), "", _XFER_NOTE, "", "## Final training loss per learning rate", "",
         markdown_table(*curve_table), "", "![best lr vs width](plots/best_lr_vs_width.png)", "",
         "![loss vs lr](plots/loss_vs_lr.png)", ""])
-    (out / SUMMARY).write_text(md)
+    write_text(out / SUMMARY, summary_md)
     html = _write_html(out / REPORT, "LR transfer across width", info,
                        [("Best learning rate per width", main_table), ("Final loss per learning rate", curve_table)],
                        plots, _XFER_NOTE)
@@ -637,7 +642,6 @@ def plot_best_lr(summary: Mapping[str, Any], file: Path) -> Path:
     """Best lr vs width (log-log), one line per optimizer, each normalised to its narrowest width; edge minima hollow."""
     from trainlab.report.plots import _new_figure, _save
 
-    file.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = _new_figure()
     for i, (name, s) in enumerate(summary.items()):
         ws = [w for w in s["widths"] if s["by_width"][w]["best_lr"]]
@@ -726,7 +730,6 @@ def _figure(panels: int) -> tuple[Any, list[Any]]:
 def _save_figure(fig: Any, file: Path) -> None:
     from trainlab.report.plots import _save
 
-    file.parent.mkdir(parents=True, exist_ok=True)
     _save(fig, file)
 
 

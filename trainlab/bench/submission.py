@@ -10,7 +10,7 @@ Three ways to write one:
   schedule.warmup_frac=0.02``; a value ``loguniform(1e-4,1e-2)``, ``uniform(a,b)`` or ``choice(a,b,...)``
   makes that key a search-space dimension; ``name=LABEL`` names it in the leaderboard.
   ``schedule.warmup_frac`` is turned into ``schedule.warmup`` steps from the workload's step budget.
-- **A YAML file** (``yaml.safe_load``) with the same keys::
+- **A YAML file** (plain values, read within limits: :func:`trainlab.config.load_yaml_file`) with the same keys::
 
       name: lion-tuned
       optimizer: {name: lion, weight_decay: 0.1}
@@ -30,7 +30,8 @@ Three ways to write one:
   ``eval()``/``train()`` methods is switched around every evaluation (weight averaging: prepare for eval).
   ``make_schedule`` may also take ``total_steps`` alone. The file is registered at run time, in the
   process that trains, as an optimizer (and schedule) under a name derived from its content, so the
-  trainer builds it like any registry entry.
+  trainer builds it like any registry entry. Before any trial, :func:`check_file` imports and tries it in
+  a fresh process: the bench's own process never imports it, and a mistake is one line naming the file.
 
 **The boundary.** ``make_optimizer`` receives the list of parameter tensors (shapes and dtypes; no names,
 no module) and its hyperparameters; ``make_schedule`` the step budget and the hyperparameters. Neither is
@@ -45,17 +46,18 @@ import dataclasses
 import hashlib
 import importlib.util
 import inspect
+import math
+import numbers
 import re
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
-
-import yaml
+from typing import Any, Callable, Mapping, Sequence
 
 from trainlab.bench.tuning import Dim, parse_dim
-from trainlab.config import ConfigError, option
+from trainlab.config import ConfigError, load_yaml_file, option
+from trainlab.errors import UserError, one_line, quote_path
 
 TRAINER_KEYS = ("grad_clip", "batch_size")
 # Regularisers belong to the algorithm (AlgoPerf: the workload's loss carries none); the loss function does not.
@@ -180,15 +182,12 @@ def _set(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def from_yaml(path: str) -> Submission:
+    """A submission from a YAML file, read within the limits of :func:`trainlab.config.load_yaml_file`."""
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError("submission", f"{path} not found")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError:
-        raise ConfigError("submission", f"{path}: not valid YAML") from None
+    raw = load_yaml_file(file, "file", lambda message: ConfigError("submission", message))
     if not isinstance(raw, Mapping):
-        raise ConfigError("submission", f"{path}: expected a mapping (optimizer, schedule, search_space, ...)")
+        raise ConfigError("submission", f"{quote_path(path)}: expected a mapping (optimizer, schedule, search_space, "
+                                        "...)")
     tree: dict[str, Any] = {}
     for key, value in raw.items():
         if key in ("optimizer", "schedule") and isinstance(value, Mapping):
@@ -242,30 +241,132 @@ def _label(spec: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # Python-file submissions
+#
+# The file is imported only in processes that train (a trial's process) and, before any trial, in one fresh
+# process that checks it (:func:`check_file`): a file that calls sys.exit, hangs or crashes at import must not
+# take the bench's driver with it.
+
+CHECK_LIMIT = 300.0  # seconds for the check: importing torch on a loaded machine, the file, one optimizer
+PROBE_STEPS = 100  # the step budget the check builds the schedule for
+_VALUE_TYPES = "a number, a string, true/false, None or a list of numbers or strings"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """What the bench plans with, read from a Python-file submission: its hyperparameter defaults (trainer keys
+    such as ``batch_size`` included), search space (the file's own keys), ``BATCH_SIZE`` and whether it
+    defines ``make_schedule``."""
+
+    hyperparameters: dict[str, Any]
+    search_space: dict[str, Dim]
+    batch_size: int | None
+    schedule: bool
+
+
+def _refuse(path: str | Path, detail: str) -> ConfigError:
+    return ConfigError("submission", f"{path}: {detail}")
+
+
+def _shown(value: Any) -> str:
+    """``value`` and its type, short enough for a one-line message."""
+    import reprlib
+
+    return f"{reprlib.repr(value)} ({type(value).__name__})"
 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:10]
 
 
-def _load_module(path: Path) -> Any:
-    name = f"trainlab_submission_{_digest(path)}"
+def registry_name(path: str | Path) -> str:
+    """The optimizer (and schedule) name the file is registered under: ``submission_<content hash>``."""
+    return f"submission_{_digest(Path(path))}"
+
+
+def _load_module(path: str | Path) -> Any:
+    """The file as a module (imported once per process); a failing import, ``sys.exit`` included, is one line."""
+    file = Path(path).resolve()
+    name = f"trainlab_{registry_name(file)}"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
-        raise ConfigError("submission", f"cannot load {path}")
+        raise _refuse(path, "cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as err:  # noqa: BLE001 -- the user's file: report its error in one line
+    except KeyboardInterrupt:
         del sys.modules[name]
-        raise ConfigError("submission", f"{path}: {type(err).__name__}: {err}") from None
-    if not callable(getattr(module, "make_optimizer", None)):
+        raise
+    except (Exception, SystemExit) as err:  # noqa: BLE001 -- the user's file: its error in one line
         del sys.modules[name]
-        raise ConfigError("submission", f"{path} defines no make_optimizer(params, hyperparameters)")
+        raise _refuse(path, f"importing it raised {_error(err)}") from None
     return module
+
+
+def _error(err: BaseException) -> str:
+    line = one_line(err)
+    return type(err).__name__ if line == type(err).__name__ else f"{type(err).__name__}: {line}"
+
+
+def _call(path: str | Path, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, the submission's code: anything it raises (``SystemExit`` too) becomes one line naming it."""
+    try:
+        return fn(*args)
+    except (Exception, SystemExit) as err:  # noqa: BLE001
+        raise _refuse(path, f"{what} raised {_error(err)}") from None
+
+
+def read_file(path: str | Path) -> tuple[Any, FileSpec]:
+    """Import the file and check what it defines; every mistake is a one-line :class:`ConfigError` naming it."""
+    module = _load_module(path)
+    if not callable(getattr(module, "make_optimizer", None)):
+        raise _refuse(path, "defines no make_optimizer(params, hyperparameters)")
+    make_schedule = getattr(module, "make_schedule", None)
+    if make_schedule is not None and not callable(make_schedule):
+        raise _refuse(path, f"make_schedule is {_shown(make_schedule)}, not a function (total_steps, hyperparameters)")
+    hyperparameters = _named_dict(module, "HYPERPARAMETERS", path)
+    for key, value in hyperparameters.items():
+        if not _plain_value(value):
+            raise _refuse(path, f"HYPERPARAMETERS[{key!r}] is {_shown(value)}; expected {_VALUE_TYPES}")
+    space = {key: _dim(path, key, value) for key, value in _named_dict(module, "SEARCH_SPACE", path).items()}
+    batch_size = getattr(module, "BATCH_SIZE", None)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise _refuse(path, f"BATCH_SIZE is {_shown(batch_size)}; expected None or a positive int")
+    return module, FileSpec(hyperparameters, space, batch_size, make_schedule is not None)
+
+
+def _named_dict(module: Any, attribute: str, path: str | Path) -> dict[str, Any]:
+    """The module's dict ``attribute`` (absent or None: empty), keyed by Python identifiers."""
+    value = getattr(module, attribute, None)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _refuse(path, f"{attribute} is {_shown(value)}; expected a dict of name -> value")
+    for key in value:
+        if not (isinstance(key, str) and key.isidentifier()):
+            raise _refuse(path, f"{attribute} key {key!r} is not a Python identifier")
+    return dict(value)
+
+
+def _plain_value(value: Any) -> bool:
+    """A value the config can hold as an option: a scalar, or a list of numbers or strings."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value)
+
+
+def _dim(path: str | Path, key: str, value: Any) -> Dim:
+    try:
+        dim = parse_dim(key, value)
+    except ConfigError as err:
+        raise _refuse(path, f"SEARCH_SPACE[{key!r}]: {err.message}") from None
+    if dim is None:
+        raise _refuse(path, f"SEARCH_SPACE[{key!r}] is {_shown(value)}; expected 'loguniform(lo, hi)', "
+                            "'uniform(lo, hi)' or 'choice(a, b, ...)'")
+    return dim
 
 
 def _field_type(value: Any) -> Any:
@@ -282,15 +383,12 @@ def _field_type(value: Any) -> Any:
     return str
 
 
-def _options_class(module: Any, digest: str) -> type:
+def _options_class(spec: FileSpec, digest: str) -> type:
     """A frozen options dataclass of the file's hyperparameters (defaults, plus search-space keys)."""
-    defaults = {k: v for k, v in dict(getattr(module, "HYPERPARAMETERS", {}) or {}).items() if k not in TRAINER_KEYS}
-    space = {k: parse_dim(k, v) for k, v in dict(getattr(module, "SEARCH_SPACE", {}) or {}).items()
-             if k not in TRAINER_KEYS}
+    defaults = {k: v for k, v in spec.hyperparameters.items() if k not in TRAINER_KEYS}
+    space = {k: d for k, d in spec.search_space.items() if k not in TRAINER_KEYS}
     fields = []
     for key in sorted({*defaults, *space}):
-        if not key.isidentifier():
-            raise ConfigError(key, "hyperparameter names must be Python identifiers")
         dim = space.get(key)
         if key in defaults:
             default = defaults[key]
@@ -303,61 +401,132 @@ def _options_class(module: Any, digest: str) -> type:
     return dataclasses.make_dataclass(f"Submission{digest}Options", fields, frozen=True)
 
 
+def _optimizer_factory(path: str | Path, make_optimizer: Callable[..., Any]) -> Callable[..., Any]:
+    """The registry factory around the file's ``make_optimizer``: parameter tensors only, an Optimizer back."""
+    def factory(params: Any, **hyperparameters: Any) -> Any:
+        import torch
+
+        tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+        optimizer = _call(path, "make_optimizer(params, hyperparameters)", make_optimizer, tensors,
+                          dict(hyperparameters))
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise _refuse(path, f"make_optimizer returned {_shown(optimizer)}, not a torch.optim.Optimizer")
+        return optimizer
+
+    return factory
+
+
+def _schedule_factory(path: str | Path, make_schedule: Callable[..., Any]) -> Callable[..., Any]:
+    """The registry factory around the file's ``make_schedule`` (which may take ``total_steps`` alone)."""
+    takes_hp = len(inspect.signature(make_schedule).parameters) >= 2
+
+    def factory(opts: Any, total: int) -> Callable[[int], float]:
+        hp = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+        multiplier = _call(path, "make_schedule(total_steps, hyperparameters)", make_schedule,
+                           *((total, hp) if takes_hp else (total,)))
+        if not callable(multiplier):
+            raise _refuse(path, f"make_schedule returned {_shown(multiplier)}, not a function step -> lr multiplier")
+        return _checked_multiplier(path, multiplier)
+
+    return factory
+
+
+def _checked_multiplier(path: str | Path, multiplier: Callable[[int], Any]) -> Callable[[int], float]:
+    """``multiplier`` refusing, at the step it happens, a value that is not a finite number: a NaN or a string
+    would otherwise train on as a diverged run or end in a traceback."""
+    def checked(step: int) -> float:
+        value = _call(path, f"make_schedule's function (step {step})", multiplier, step)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise _refuse(path, f"make_schedule's function returned {_shown(value)} at step {step}; expected a "
+                                "finite number (the lr multiplier)")
+        return float(value)
+
+    return checked
+
+
 def register_file(path: str | Path) -> tuple[str, str | None]:
     """Register the file's factories as an optimizer (and schedule); returns their registry names.
 
-    Idempotent within a process (names are ``submission_<content hash>``). Call it in the process that trains.
+    Idempotent within a process (names are ``submission_<content hash>``). Call it in the process that trains:
+    it imports the file.
     """
     from trainlab import optim, schedules
 
-    file = Path(path).resolve()
-    module = _load_module(file)
-    digest = _digest(file)
-    opt_name = f"submission_{digest}"
-    options = _options_class(module, digest)
-    if opt_name not in optim.OPTIMIZERS:
-        make_optimizer = module.make_optimizer
+    module, spec = read_file(path)
+    name = registry_name(path)
+    options = _options_class(spec, name.removeprefix("submission_"))
+    summary = f"submission file {Path(path).name}"
+    if name not in optim.OPTIMIZERS:
+        optim.OPTIMIZERS.add(name, _optimizer_factory(path, module.make_optimizer), options=options,
+                             summary=summary, source="submission", own=False)
+    if not spec.schedule:
+        return name, None
+    if name not in schedules.SCHEDULES:
+        schedules.SCHEDULES.add(name, _schedule_factory(path, module.make_schedule), options=options, summary=summary)
+    return name, name
 
-        def factory(params: Any, **hyperparameters: Any) -> Any:
-            tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
-            return make_optimizer(tensors, dict(hyperparameters))
 
-        optim.OPTIMIZERS.add(opt_name, factory, options=options, summary=f"submission file {file.name}",
-                             source="submission", own=False)
-    make_schedule = getattr(module, "make_schedule", None)
-    if not callable(make_schedule):
-        return opt_name, None
-    sched_name = f"submission_{digest}"
-    if sched_name not in schedules.SCHEDULES:
-        takes_hp = len(inspect.signature(make_schedule).parameters) >= 2
+def probe(path: str | Path) -> FileSpec:
+    """Register the file here and try it once with its defaults: ``make_optimizer`` on a small MLP's parameters
+    (must give a torch.optim.Optimizer) and ``make_schedule`` for :data:`PROBE_STEPS` steps (must give a function
+    with finite values over them). Imports the file: run it in a process of its own (:func:`check_file`)."""
+    import torch
 
-        def schedule_factory(opts: Any, total: int) -> Any:
-            hp = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
-            return make_schedule(total, hp) if takes_hp else make_schedule(total)
+    from trainlab import optim, schedules
 
-        schedules.SCHEDULES.add(sched_name, schedule_factory, options=options, summary=f"submission file {file.name}")
-    return opt_name, sched_name
+    opt_name, sched_name = register_file(path)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    optim.build(opt_name, mlp.parameters())
+    if sched_name is not None:
+        multiplier = schedules.build(sched_name, PROBE_STEPS)
+        for step in (0, 1, PROBE_STEPS // 2, PROBE_STEPS - 1):
+            multiplier(step)
+    return read_file(path)[1]
+
+
+def _check(path: str, configs: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """The body of :func:`check_file`'s process: ``{"spec": FileSpec}``, or ``{"refused": one line}``."""
+    from trainlab.train.config import from_cli
+
+    try:
+        spec = probe(path)
+        for words in configs:
+            from_cli(None, list(words))
+    except UserError as err:
+        if isinstance(err, ConfigError) and err.key == "submission":  # it names the file already
+            return {"refused": err.message}
+        return {"refused": f"{path}: {one_line(err)}"}
+    return {"spec": spec}
+
+
+def check_file(path: str, configs: Sequence[Sequence[str]] = ()) -> FileSpec:
+    """Check the Python-file submission ``path`` in a fresh process (:func:`probe`), and resolve the ``trainlab
+    run`` overrides ``configs`` there too; a one-line :class:`ConfigError` naming the file on any mistake,
+    including an import that exits, and a check that runs past :data:`CHECK_LIMIT` seconds."""
+    from trainlab.bench.runner import call_in_process
+
+    outcome = call_in_process(_check, (path, [list(c) for c in configs]), limit=CHECK_LIMIT)
+    if "spec" in outcome:
+        return outcome["spec"]
+    if "refused" in outcome:
+        raise ConfigError("submission", outcome["refused"])
+    raise _refuse(path, f"checking it (import, make_optimizer, make_schedule) failed: {outcome['error']}")
 
 
 def from_file(path: str) -> Submission:
-    """A submission from a Python file (registered in this process; workers register it again)."""
+    """A submission from a Python file, checked in a fresh process (this one never imports the file)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError("submission", f"{path} not found")
-    opt_name, sched_name = register_file(file)
-    module = _load_module(file.resolve())
-    defaults = dict(getattr(module, "HYPERPARAMETERS", {}) or {})
+    spec = check_file(path)
+    name = registry_name(file)
+    defaults = dict(spec.hyperparameters)
     trainer = {k: defaults.pop(k) for k in TRAINER_KEYS if k in defaults}
-    if getattr(module, "BATCH_SIZE", None) is not None:
-        trainer["batch_size"] = int(module.BATCH_SIZE)
-    space: dict[str, Dim] = {}
-    for key, value in dict(getattr(module, "SEARCH_SPACE", {}) or {}).items():
-        dim = parse_dim(key, value)
-        if dim is None:
-            raise ConfigError(key, f"{path}: expected loguniform(lo, hi), uniform(lo, hi) or choice(...)")
-        space[key if key in TRAINER_KEYS else f"optimizer.{key}"] = dim
+    if spec.batch_size is not None:
+        trainer["batch_size"] = spec.batch_size
+    space = {key if key in TRAINER_KEYS else f"optimizer.{key}": dim for key, dim in spec.search_space.items()}
     return Submission(
-        name=file.stem, optimizer=opt_name, optimizer_options=defaults,
-        schedule=sched_name or "constant", schedule_options=dict(defaults) if sched_name else {},
+        name=file.stem, optimizer=name, optimizer_options=defaults,
+        schedule=name if spec.schedule else "constant", schedule_options=dict(defaults) if spec.schedule else {},
         trainer=trainer, search_space=space, file=str(file.resolve()), spec=path,
     )

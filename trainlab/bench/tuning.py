@@ -24,7 +24,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from trainlab.config import ConfigError
+from trainlab.config import ConfigError, parse_yaml
+from trainlab.errors import shorten
 
 Ruleset = Literal["external", "self"]
 RULESETS: tuple[str, ...] = ("external", "self")
@@ -66,12 +67,8 @@ def parse_dim(key: str, value: Any) -> Dim | None:
     match = _DIM.match(value)
     if not match:
         return None
-    import yaml
 
-    try:
-        args = yaml.safe_load(f"[{match.group(2)}]")
-    except yaml.YAMLError:
-        raise ConfigError(key, f"cannot read the arguments of {value!r}") from None
+    args = parse_yaml(f"[{match.group(2)}]", f"the arguments of {shorten(value)}", lambda m: ConfigError(key, m))
     return _make_dim(key, match.group(1), [_number(a) for a in args])
 
 

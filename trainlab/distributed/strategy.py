@@ -25,8 +25,9 @@ Strategies (papers; what is communicated, as *payload* bytes per optimizer step 
   the parameters this process owns (its broadcasts; this process's share of the all-gather).
 - ``fsdp`` -- ZeRO stage 3 via FSDP2 ``torch.distributed.fsdp.fully_shard`` (Zhao et al. 2023, "PyTorch
   FSDP"; parameters are DTensors, ``torch.distributed.tensor``, sharded on dim 0 over a 1-D DeviceMesh: CPU +
-  gloo or CUDA + NCCL). Every child module holding parameters is a unit, then the root. Measured (FSDP2's
-  own collectives are counted through ``set_custom_all_gather`` / ``set_custom_reduce_scatter``): per
+  gloo or CUDA + NCCL). Every child module holding parameters is a unit (a ``ModuleList``'s members, such
+  as a transformer's blocks; children sharing a tied parameter stay in the root), then the root. Measured
+  (FSDP2's own collectives are counted through ``set_custom_all_gather`` / ``set_custom_reduce_scatter``): per
   step, each unit all-gathers its parameters in forward and again in backward (``reshard_after_forward``;
   the root's own parameters once), payload = this process's padded shard ``ceil(d0/N)·rest`` each time;
   gradients are reduce-scattered, payload = the whole padded gradient ``N·shard``. Evaluation forwards
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeGuard
 
 import torch
@@ -344,8 +346,29 @@ class _CountingReduceScatter:
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
-    """The modules ``fully_shard`` is applied to: every direct child holding parameters, then the root."""
-    return [m for m in model.children() if any(True for _ in m.parameters())] + [model]
+    """The modules ``fully_shard`` is applied to: every direct child holding parameters, then the root.
+
+    A container without a forward of its own (``ModuleList``, ``ModuleDict``: a transformer's blocks) cannot be
+    a unit -- FSDP2 hooks a unit's forward -- so its members are units instead. A child sharing a parameter with
+    another child (tied embeddings) is left to the root: a parameter belongs to exactly one unit.
+    """
+    children = _unit_candidates(model)
+    owners: dict[int, int] = {}
+    for child in children:
+        for q in child.parameters():
+            owners[id(q)] = owners.get(id(q), 0) + 1
+    return [m for m in children if all(owners[id(q)] == 1 for q in m.parameters())] + [model]
+
+
+def _unit_candidates(module: nn.Module) -> list[nn.Module]:
+    """The children of ``module`` holding parameters, with containers replaced by their members."""
+    out: list[nn.Module] = []
+    for child in module.children():
+        if not any(True for _ in child.parameters()):
+            continue
+        container = type(child).forward is nn.Module.forward  # ModuleList / ModuleDict: no forward to hook
+        out += _unit_candidates(child) if container else [child]
+    return out
 
 
 def fsdp_step_payload(model: nn.Module, world_size: int, reshard_after_forward: bool = True) -> dict[str, int]:
@@ -359,8 +382,7 @@ def fsdp_step_payload(model: nn.Module, world_size: int, reshard_after_forward: 
         rows = q.shape[0] if q.ndim else 1
         return math.ceil(rows / world_size) * (q.numel() // max(rows, 1)) * q.element_size()
 
-    children = [m for m in model.children() if any(True for _ in m.parameters())]
-    in_children = {id(q) for m in children for q in m.parameters()}
+    in_children = {id(q) for m in fsdp_units(model)[:-1] for q in m.parameters()}
     gather = reduce = 0
     for q in model.parameters():
         if not q.requires_grad:
@@ -387,6 +409,11 @@ class FSDPStrategy(Strategy):
         if device_type not in ("cpu", "cuda"):
             raise ConfigError("dist.strategy", f"fsdp needs a cpu (gloo) or cuda (nccl) device, not {device_type}")
         self.mesh = init_device_mesh(device_type, (self.world_size,))
+        # FSDP2 warns when a unit returns a view (a transformer's head over (batch, time, d)): an in-place op on
+        # it would skip the pre-backward all-gather. trainlab's losses and evaluation never modify a model
+        # output in place, so the warning would only alarm.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(\w+\) returned a view tensor",
+                                category=UserWarning)
         # FSDP2 shards every parameter: a frozen one (requires_grad=False) is still sharded, never updated
         for unit in fsdp_units(model):
             root = unit is model

@@ -27,7 +27,7 @@ from trainlab.workloads.base import DataSpec
 
 @dataclass
 class MLPOptions:
-    depth: int = option(2, help="number of hidden layers (0: a linear model)", ge=0)
+    depth: int = option(2, help="number of hidden layers (0: a linear model)", ge=0, le=1000)
     width: int = option(200, help="units per hidden layer", ge=1)
     activation: Activation = option("relu", help="hidden-layer nonlinearity (identity: a deep linear network)")
     bias: bool = option(True, help="give every Linear layer a bias")

@@ -48,7 +48,7 @@ from trainlab.workloads.base import DataSpec
 
 @dataclass
 class TransformerOptions:
-    n_layer: int = option(2, help="number of transformer blocks", ge=0)
+    n_layer: int = option(2, help="number of transformer blocks", ge=0, le=1000)
     n_head: int = option(4, help="attention heads per block (must divide d_model)", ge=1)
     d_model: int = option(128, help="residual stream width", ge=1)
     d_mlp: int = option(0, help="hidden width of each block's MLP (0: 4*d_model)", ge=0)

@@ -8,6 +8,9 @@ A run trained with probes (``trainlab run probes=weights,hessian``) gets a Probe
 figure per probe with its events, each probe's cost beside the training time, and the probes that were skipped;
 a comparison overlays the probe keys that several runs recorded.
 
+Every page and figure is written by :mod:`trainlab.report.output`: atomically (a kill or a full disk leaves
+the previous file), as valid UTF-8, and never over a run's records (``--out RUN/metrics.jsonl`` is refused).
+
 Nothing here imports torch, and plotting never touches pyplot's global state.
 """
 

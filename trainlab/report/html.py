@@ -3,6 +3,8 @@
 A page embeds its plots as base64 PNG data URIs and carries its CSS inline: no scripts, fonts, stylesheets or
 images are fetched from anywhere, so a report can be mailed, archived or opened offline. Every piece of text
 that comes from a run (names, config values, event details, commands) is escaped with :func:`html.escape`.
+Pages and plots are written by :mod:`trainlab.report.output`: atomically, as valid UTF-8, never over a run's
+records.
 
 A run that used probes gets a "Probes" section: each probe's cost (calls, seconds, seconds per call and share of
 the training time, from ``summary.json``'s ``probes.cost``), the probes skipped and why, and one figure per
@@ -22,10 +24,11 @@ from typing import Any, Iterable, Sequence, TypeGuard
 import numpy as np
 import yaml
 
+from trainlab.report.output import write_text
 from trainlab.report.plots import _safe, metric_label, plot_compare, plot_run
 from trainlab.report.probe_plots import MAX_COMPARE_FIGURES, plot_compare_probes, plot_probes, shared_probe_keys
 from trainlab.report.runs import Run, load_run
-from trainlab.rundir import PLOTS, REPORT
+from trainlab.rundir import PLOTS, REPORT, check_output_path
 
 __all__ = ["write_run_report", "write_compare_report"]
 
@@ -89,9 +92,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         _probes_section([run], probe_plots),
         _section("Configuration", _run_details(run, open_config=True)),
     ]
-    out = run.path / REPORT
-    out.write_text(_page(f"trainlab report: {run.name}", body), encoding="utf-8")
-    return out
+    return write_text(run.path / REPORT, _page(f"trainlab report: {run.name}", body))
 
 
 def write_compare_report(run_dirs: Sequence[str | Path], out_file: str | Path) -> Path:
@@ -99,9 +100,8 @@ def write_compare_report(run_dirs: Sequence[str | Path], out_file: str | Path) -
     run_dirs = list(run_dirs)
     if not run_dirs:
         raise ValueError("write_compare_report needs at least one run directory")
+    check_output_path(out_file)  # before the plotting, which takes a while
     runs = [load_run(d) for d in run_dirs]
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
     shared = shared_probe_keys(runs)
     with tempfile.TemporaryDirectory(prefix="trainlab-compare-") as tmp:
         plots = plot_compare(runs, tmp)
@@ -122,8 +122,7 @@ def write_compare_report(run_dirs: Sequence[str | Path], out_file: str | Path) -
         probes,
         _section("Configurations", configs),
     ]
-    out.write_text(_page(f"trainlab comparison: {names}", body), encoding="utf-8")
-    return out
+    return write_text(out_file, _page(f"trainlab comparison: {names}", body))
 
 
 # -------------------------------------------------------------------------------------------- pieces

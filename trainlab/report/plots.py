@@ -9,6 +9,10 @@ probed between evaluations has no train_*/val_* keys) is left out of that key's 
 variants
 drop step 0 (and any step <= 0) rather than use a symlog axis: symlog's linear band around zero squeezes the
 early steps, which are exactly what a log-x view is for, and the step-0 value is visible on the linear plot.
+
+Events are dotted vertical lines, each event name labelled once (with a count when it repeats): a run may
+record thousands of events, and the time to draw them is one line and one label per name.
+Figures are written by :mod:`trainlab.report.output` (atomically, never over a run's records).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from trainlab.report.output import write_figure
 from trainlab.report.runs import Run
+from trainlab.rundir import printable
 
 if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn: importing trainlab.report stays cheap
     from matplotlib.axes import Axes
@@ -105,9 +111,9 @@ def _run_figure(run: Run, kind: str, logx: bool) -> Figure:
     _draw_events(ax, _event_marks(run), logx)
     lower_is_better = is_loss or not run.higher_is_better
     _finish_axes(ax, plotted, logx=logx, logy_if_positive=lower_is_better)
-    ax.set_ylabel(label)
+    ax.set_ylabel(_text(label))
     scale = " (log step)" if logx else ""
-    ax.set_title(f"{_text(run.name)}: {label}{scale}", loc="left", fontsize=11)
+    ax.set_title(f"{_text(run.name)}: {_text(label)}{scale}", loc="left", fontsize=11)
     if run.workload:
         ax.set_title(_text(run.workload), loc="right", fontsize=9, color="#666666")
     if plotted:
@@ -214,8 +220,8 @@ def _compare_figure(
 
     lower_is_better = is_loss or not all(run.higher_is_better for run in runs)
     _finish_axes(ax, plotted, logx=logx, logy_if_positive=lower_is_better)
-    ax.set_ylabel(label)
-    ax.set_title(f"{label}{' (log step)' if logx else ''}: {len(runs)} runs", loc="left", fontsize=11)
+    ax.set_ylabel(_text(label))
+    ax.set_title(f"{_text(label)}{' (log step)' if logx else ''}: {len(runs)} runs", loc="left", fontsize=11)
     if handles:
         handles += [
             Line2D([], [], color="#333333", ls="-", label="validation"),
@@ -280,7 +286,7 @@ def _fit_legend(fig: Figure, legend: Legend) -> None:
 
 def _save(fig: Figure, file: Path) -> None:
     _fit_left_margin(fig)
-    fig.savefig(file, format="png", dpi=DPI, facecolor="white", metadata={"Software": None})
+    write_figure(fig, file, format="png", dpi=DPI, facecolor="white", metadata={"Software": None})
 
 
 def _fit_left_margin(fig: Figure, pad_px: float = 4.0) -> None:
@@ -312,26 +318,55 @@ def _xy(run: Run, column: str, logx: bool) -> tuple[np.ndarray, np.ndarray] | No
     return x, y
 
 
-def _draw_events(ax: Axes, marks: Iterable[tuple[str, float]], logx: bool) -> None:
+def _draw_events(ax: Axes, marks: Iterable[tuple[str, float]], logx: bool, *, annotate: bool = True,
+                 fontsize: float = 8.0, lw: float = 1.3) -> None:
+    """A dotted vertical line at each event's step and, when ``annotate``, each event name written once, at its
+    first step, with a count when it repeats (names first seen at one step share a label).
+
+    One line per name (``gid`` ``event:<name>``, see :func:`_event_lines`) and at most one label, not an artist
+    per event: a run can record thousands of events (a loss spike at every other evaluation), and drawing 20,000
+    lines and labels took minutes.
+    """
+    steps_of: dict[str, list[float]] = {}
     for name, step in marks:
-        if logx and step <= 0:
-            continue
-        color = EVENT_COLORS.get(name, EVENT_DEFAULT_COLOR)
-        ax.axvline(step, color=color, ls=":", lw=1.3, zorder=1)
+        if step > 0 or not logx:  # a log axis has no step 0
+            steps_of.setdefault(name, []).append(step)
+    first: dict[float, list[str]] = {}
+    for name, steps in steps_of.items():
+        x, y = _event_lines(steps, logx)
+        ax.plot(x, y, transform=ax.get_xaxis_transform(), color=EVENT_COLORS.get(name, EVENT_DEFAULT_COLOR), ls=":",
+                lw=lw, zorder=1, gid=f"event:{name}")
+        first.setdefault(min(steps), []).append(name)
+    if not annotate:
+        return
+    for step, names in first.items():
+        counted = [_text(n) + (f" (\u00d7{len(steps_of[n]):,})" if len(steps_of[n]) > 1 else "") for n in names]
         ax.annotate(
-            f"{_text(name)} @ {step:,.0f}",
-            xy=(step, 1.0),
-            xycoords=ax.get_xaxis_transform(),
-            xytext=(-3, -4),
-            textcoords="offset points",
-            rotation=90,
-            ha="right",
-            va="top",
-            fontsize=8,
-            color=color,
-            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 1.0},
-            annotation_clip=True,
+            f"{', '.join(counted)} @ {step:,.0f}", xy=(step, 1.0), xycoords=ax.get_xaxis_transform(),
+            xytext=(-3, -4), textcoords="offset points", rotation=90, ha="right", va="top", fontsize=fontsize,
+            color=EVENT_COLORS.get(names[0], EVENT_DEFAULT_COLOR),
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 1.0}, annotation_clip=True,
         )
+
+
+# Event lines closer than this fraction of their span are drawn as one: they are less than a pixel apart on
+# any figure narrower than 4,096 pixels, and 20,000 events become a few thousand lines.
+EVENT_LINE_BINS = 4096
+
+
+def _event_lines(steps: Sequence[float], logx: bool) -> tuple[np.ndarray, np.ndarray]:
+    """x (steps) and y (fraction of the axes' height) of one line made of a full-height vertical segment at each
+    of ``steps``, the segments separated by NaNs; steps less than ``1 / EVENT_LINE_BINS`` of the span apart (on a
+    log scale when ``logx``) share one segment."""
+    x = np.unique(np.asarray(steps, dtype=np.float64))
+    where = np.log10(x) if logx else x
+    span = where[-1] - where[0]
+    if span > 0:
+        _, keep = np.unique(np.floor((where - where[0]) / span * EVENT_LINE_BINS), return_index=True)
+        x = x[keep]
+    segments = np.repeat(x, 3)
+    segments[2::3] = np.nan  # (step, 0) -> (step, 1), then a break
+    return segments, np.tile([0.0, 1.0, np.nan], x.size)
 
 
 def _finish_axes(ax: Axes, plotted: list[np.ndarray], *, logx: bool, logy_if_positive: bool) -> None:
@@ -383,8 +418,9 @@ def _step_tick(value: float, _pos: int) -> str:
 
 
 def _text(text: str) -> str:
-    """User text for a figure: ``$`` escaped so that matplotlib does not read it as mathtext."""
-    return str(text).replace("$", r"\$")
+    """User text for a figure: valid Unicode (:func:`~trainlab.rundir.printable`; the font renderer fails on a
+    lone surrogate), with ``$`` escaped so that matplotlib does not read it as mathtext."""
+    return printable(str(text)).replace("$", r"\$")
 
 
 def _shorten(text: str, limit: int = 40) -> str:

@@ -26,10 +26,9 @@ import numpy as np
 
 from trainlab.report.plots import (
     DPI,
-    EVENT_COLORS,
-    EVENT_DEFAULT_COLOR,
     RUN_COLORS,
     THRESHOLD_COLOR,
+    _draw_events,
     _event_marks,
     _fit_legend,
     _new_figure,
@@ -37,6 +36,7 @@ from trainlab.report.plots import (
     _safe,
     _save,
     _step_tick,
+    _style_axes,
     _text,
     _xy,
 )
@@ -221,9 +221,9 @@ def _probe_figure(run: Run, probe: str, panels: list[Panel], marks: list[tuple[s
                         wspace=0.28, hspace=0.55)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for i, (ax, panel) in enumerate(zip(axes, panels)):
-        _style(ax)
+        _style_axes(ax)
         _draw_panel(ax, run, probe, panel, logx)
-        _mark_events(ax, marks, logx, annotate=i == 0)
+        _draw_events(ax, marks, logx, annotate=i == 0, fontsize=7.0, lw=1.2)  # labels in the first panel only
         if i // ncols == nrows - 1 or i + ncols >= len(panels):
             ax.set_xlabel("log step" if logx else "step", fontsize=8)
     for ax in axes[len(panels):]:
@@ -396,15 +396,6 @@ def _compare_probe_figure(runs: list[Run], column: str, labels: dict[int, str], 
 # -------------------------------------------------------------------------------------------- helpers
 
 
-
-
-def _style(ax: Axes) -> None:
-    ax.grid(True, which="major", color="#e5e5e5", lw=0.8)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-
-
 def _scale(ax: Axes, plotted: list[np.ndarray], references: list[np.ndarray], logx: bool, *,
            small: bool = True) -> None:
     """Log x for the log-step variant; log y when the values (and reference lines) are positive and span more
@@ -436,34 +427,6 @@ def _scale(ax: Axes, plotted: list[np.ndarray], references: list[np.ndarray], lo
             where = "above" if refs.min() > hi else "below" if refs.max() < lo else "outside"
             ax.text(0.99, 0.02, f"reference line {where} the range ({_short(float(np.median(refs)))})",
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=6.5, color=THRESHOLD_COLOR)
-
-
-def _mark_events(ax: Axes, marks: list[tuple[str, float]], logx: bool, *, annotate: bool) -> None:
-    """Vertical lines at the events; labels only when ``annotate`` (so that small multiples are not buried under
-    the same labels): each event name once, at its first step, with a count for repeating ones; events at one
-    step share a label."""
-    counts: dict[str, int] = {}
-    for name, _ in marks:
-        counts[name] = counts.get(name, 0) + 1
-    labelled: set[str] = set()
-    by_step: dict[float, list[str]] = {}
-    for name, step in marks:
-        if logx and step <= 0:
-            continue
-        color = EVENT_COLORS.get(name, EVENT_DEFAULT_COLOR)
-        ax.axvline(step, color=color, ls=":", lw=1.2, zorder=1)
-        if annotate and name not in labelled:
-            labelled.add(name)
-            by_step.setdefault(step, []).append(name)
-    for step, names in by_step.items():
-        color = EVENT_COLORS.get(names[0], EVENT_DEFAULT_COLOR)
-        text = ", ".join(_text(n) + (f" (\u00d7{counts[n]})" if counts[n] > 1 else "") for n in names)
-        ax.annotate(
-            f"{text} @ {step:,.0f}", xy=(step, 1.0), xycoords=ax.get_xaxis_transform(),
-            xytext=(-3, -4), textcoords="offset points", rotation=90, ha="right", va="top", fontsize=7,
-            color=color, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 1.0},
-            annotation_clip=True,
-        )
 
 
 def _unique(stem: str, taken: set[str]) -> str:

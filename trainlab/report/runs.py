@@ -171,11 +171,7 @@ def _columns(rows: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[st
 
     A column holds numbers (or null); columns holding anything else (text, lists) are left out.
     """
-    columns: list[str] = []
-    for row in rows:
-        for key in row:
-            if key not in columns:
-                columns.append(key)
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # first-appearance order, one pass
     numeric = [c for c in columns if all(r.get(c) is None or isinstance(r.get(c), (int, float)) for r in rows)]
     out: dict[str, np.ndarray] = {"step": np.array([r["step"] for r in rows], dtype=np.int64)}
     present: dict[str, np.ndarray] = {"step": np.ones(len(rows), dtype=bool)}

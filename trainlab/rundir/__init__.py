@@ -22,6 +22,14 @@ the experiments read through it, so the rules below hold everywhere:
   message names the file and what is wrong.
 - ``config.yaml``, ``events.json`` and ``summary.json`` are written atomically (:mod:`trainlab.rundir.atomic`);
   the ``*.jsonl`` files are appended to and cut back to a checkpoint on resume.
+- One writer at a time: a run creating or resuming a directory holds its lock (:mod:`trainlab.rundir.lock`,
+  the file ``.lock``) and, holding it, deletes the temporary files of writers killed mid-write. Readers do not
+  lock.
+- Text is valid UTF-8: what comes from a command line or a file name that is not (Python carries such bytes
+  as lone surrogates) is written through :func:`printable`.
+- A command's output file (``--out FILE``: reports, plots, exports) never replaces a run's records (the files
+  above, ``checkpoints/`` and the lock): :func:`check_output_path` refuses them. Reports and plots are made
+  again from the records; the records are made only by the run.
 
 Importing this package does not import torch, numpy or matplotlib: ``trainlab report`` stays fast.
 """
@@ -37,11 +45,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from trainlab.errors import RunDirError
-from trainlab.rundir.atomic import atomic_write_text
+from trainlab.errors import RunDirError, quote_path
+from trainlab.rundir.atomic import atomic_write_text, remove_stale_temporaries
+from trainlab.rundir.lock import LOCK, RunDirBusyError, RunDirLock, lock_run_dir
 
-__all__ = ["CONFIG", "METRICS", "TRACE", "EVENTS", "SUMMARY", "CHECKPOINTS", "MANIFEST", "PLOTS", "REPORT", "RunDir",
-           "RunDirError", "new_run_dir", "timestamp", "versions"]
+__all__ = ["CONFIG", "METRICS", "TRACE", "EVENTS", "SUMMARY", "CHECKPOINTS", "MANIFEST", "PLOTS", "REPORT", "LOCK",
+           "RunDir", "RunDirError", "RunDirBusyError", "RunDirLock", "check_output_path", "lock_run_dir", "new_run_dir",
+           "printable", "timestamp", "versions"]
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -94,6 +104,15 @@ class RunDir:
         """Whether a run has started here (it saved its config or logged a row)."""
         return self.metrics_path.exists() or self.config_path.exists()
 
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporary files that writers killed mid-write left here, in ``checkpoints/`` and in ``plots/``.
+
+        Call it holding the directory's lock, so that no run is writing. A ``trainlab report`` (which does not
+        lock) writing its page or plots at that very moment loses that write and says so; run it again.
+        """
+        return [*remove_stale_temporaries(self.path), *remove_stale_temporaries(self.checkpoints),
+                *remove_stale_temporaries(self.path / PLOTS)]
+
     def write_config(self, text: str) -> None:
         """Save the resolved configuration (YAML text) as ``config.yaml``."""
         atomic_write_text(self.config_path, text)
@@ -135,14 +154,9 @@ class RunDir:
             if required:
                 raise RunDirError(f"{self.config_path} not found (a run saves its resolved config there)")
             return {}
-        import yaml  # only the readers of configs pay for it
+        from trainlab.config import parse_yaml  # the bounded YAML reader; only the readers of configs pay for it
 
-        try:
-            data = yaml.safe_load(_text(self.config_path))
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise RunDirError(f"{self.config_path}: not valid YAML{where}") from None
+        data = parse_yaml(_text(self.config_path), str(self.config_path), RunDirError)
         if not isinstance(data, dict):
             raise RunDirError(f"{self.config_path}: expected a mapping of config keys, found {_kind(data)}")
         return data
@@ -212,7 +226,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any], str]]:
             continue
         try:
             row = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             yield lineno, text, {}, "is not valid JSON"
             continue
         if isinstance(row, dict) and _is_int(row.get("step")):
@@ -222,10 +236,10 @@ def _lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any], str]]:
 
 
 def _bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise RunDirError(f"{path}: cannot be read ({err.strerror or err})") from None
+    """The whole file: a regular file only (a FIFO or a device put in a run directory would hang a reader)."""
+    from trainlab.config import read_user_bytes
+
+    return read_user_bytes(path, "file", RunDirError, None)
 
 
 def _text(path: Path) -> str:
@@ -243,6 +257,8 @@ def _json(path: Path, kind: type) -> Any:
         data = json.loads(_text(path))
     except json.JSONDecodeError as err:
         raise RunDirError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    except RecursionError:
+        raise RunDirError(f"{path}: nested too deeply to be a trainlab file") from None
     if not isinstance(data, kind):
         raise RunDirError(f"{path}: expected {_kind(kind())}, found {_kind(data)}")
     return data
@@ -278,17 +294,64 @@ def _strict(value: Any) -> Any:
 _INFINITIES = {"inf": math.inf, "-inf": -math.inf}
 
 
+# --------------------------------------------------------------------------------------------- outputs
+
+# What only the run itself writes; everything else in a run directory (report.html, plots/, an export) is made
+# again from these.
+RECORDS = (CONFIG, METRICS, TRACE, EVENTS, SUMMARY, CHECKPOINTS, LOCK)
+
+
+def check_output_path(path: str | Path) -> None:
+    """Refuse ``path`` as a command's output file when writing it would replace a run's record: one of
+    :data:`RECORDS` of a run directory, or anything inside its ``checkpoints/``. A :class:`RunDirError` names
+    the file and the run.
+
+    The path is resolved first (symbolic links, ``..``), since the bytes go where it resolves to.
+    """
+    try:
+        target = Path(path).resolve()
+    except (OSError, RuntimeError):  # a loop of symbolic links (RuntimeError before 3.13): writing fails on its own
+        return
+    for record in (target, *target.parents):  # the file itself, or a checkpoints/ it would land in
+        if record.name in RECORDS and RunDir(record.parent).has_run():
+            what = f"the run's {record.name}" if record == target else f"inside the run's {record.name}/"
+            raise RunDirError(f"refusing to write {quote_path(path)}: it is {what} in {quote_path(record.parent)}; "
+                              "choose another output file")
+
+
 # ------------------------------------------------------------------------------------------ naming runs
 
 
 def new_run_dir(root: Path, name: str) -> Path:
-    """A fresh directory ``root/name`` (``-2``, ``-3``... appended if taken)."""
+    """Create a fresh directory ``root/name`` (``-2``, ``-3``... appended if taken) and return it.
+
+    ``name`` keeps only ASCII letters, digits and ``_.+-``. Each candidate is made with one ``mkdir``, which
+    fails if the directory exists, so runs started in the same second with the same name get a directory each
+    (checking first and creating later let two of them share one).
+    """
     safe = re.sub(r"[^A-Za-z0-9_.+-]+", "-", name).strip("-") or "run"
+    root.mkdir(parents=True, exist_ok=True)
     path, k = root / safe, 1
-    while path.exists():
-        k += 1
-        path = root / f"{safe}-{k}"
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            k += 1
+            path = root / f"{safe}-{k}"
+
+
+def printable(text: str) -> str:
+    """``text`` as valid Unicode, for the files trainlab writes and the lines it prints.
+
+    A command-line argument or file name whose bytes are not UTF-8 reaches Python with each such byte as a
+    lone surrogate (PEP 383), which no UTF-8 file can hold: such bytes become ``\\xNN`` (``name=caf\\xe9``).
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def timestamp() -> str:

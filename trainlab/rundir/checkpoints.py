@@ -10,7 +10,12 @@ rename); only then is ``latest.json`` replaced the same way. A crash at any mome
 and its manifest intact. The ``KEEP`` newest checkpoints are kept.
 
 Loading: the manifest's SHA-256 must match the file, and ``torch.load(weights_only=True)`` refuses anything
-but tensors and plain containers, so a truncated, corrupted or malicious file is reported, never loaded.
+but tensors and plain containers, so a truncated, corrupted or malicious file is reported, never loaded. What
+the payload must hold is the trainer's business (:func:`trainlab.train.state.check_payload`): the loaded
+:class:`Checkpoint` knows its file, so that check can name it.
+
+The trainer never writes a checkpoint holding a NaN or inf (:func:`trainlab.train.state.prepare_checkpoint`), so
+the newest file, which pruning always keeps, is the last finite state of a run that diverged.
 
 Distributed runs write the same single file from rank 0. Sharded strategies (zero1, fsdp) first consolidate
 their state into full tensors (:mod:`trainlab.distributed.strategy`); every process then loads this file and keeps
@@ -35,10 +40,19 @@ from trainlab.errors import CheckpointError, one_line
 from trainlab.rundir import MANIFEST
 from trainlab.rundir.atomic import atomic_write_bytes, atomic_write_text
 
-__all__ = ["FORMAT_VERSION", "KEEP", "MANIFEST", "CheckpointError", "save", "latest_manifest", "load"]
+__all__ = ["FORMAT_VERSION", "KEEP", "MANIFEST", "Checkpoint", "CheckpointError", "save", "latest_manifest",
+           "load"]
 
 FORMAT_VERSION = 1
 KEEP = 2
+
+
+class Checkpoint(dict[str, Any]):
+    """A loaded checkpoint's payload (a plain mapping) that also knows the file it came from, for messages."""
+
+    def __init__(self, payload: dict[str, Any], path: Path) -> None:
+        super().__init__(payload)
+        self.path = path
 
 
 def save(checkpoint_dir: Path, step: int, payload: dict[str, Any]) -> Path:
@@ -69,7 +83,7 @@ def latest_manifest(checkpoint_dir: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def load(checkpoint_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(checkpoint_dir: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load the newest checkpoint after verifying its checksum; raise :class:`CheckpointError` if unsafe."""
     manifest = latest_manifest(checkpoint_dir)
     if manifest is None:
@@ -91,4 +105,4 @@ def load(checkpoint_dir: Path, map_location: str | torch.device = "cpu") -> dict
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {one_line(err)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has an unknown format")
-    return payload
+    return Checkpoint(payload, path)

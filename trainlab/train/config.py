@@ -26,7 +26,8 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from trainlab import models, optim, schedules, workloads
-from trainlab.config import ConfigError, build_options, option, to_plain
+from trainlab.config import ConfigError, build_options, load_yaml_file, option, seed_option, to_plain
+from trainlab.errors import quote_path, shorten
 from trainlab.registry import Registry, UnknownNameError
 
 COMPONENTS: dict[str, Registry] = {
@@ -50,7 +51,7 @@ class TrainOptions:
     """The trainer's own options (top-level keys)."""
 
     steps: int | None = option(None, ge=1, help="training steps (default: the workload's budget)")
-    seed: int = option(0, ge=0, help="seed of initialisation and batch order (workload.seed sets the data)")
+    seed: int = seed_option(help="seed of initialisation and batch order (workload.seed sets the data)")
     batch_size: int | None = option(
         None, ge=0, help="examples per step over all processes; 0 = full batch (default: the workload's)")
     eval_every: int | None = option(None, ge=1, help="evaluate every N steps (default: the workload's)")
@@ -115,7 +116,7 @@ class ProbeOptions:
     every: int = option(0, ge=0, help="run every N steps (0: at each evaluation)")
     log_spaced: int = option(0, ge=0, help="also at N log-spaced steps per decade (0: off)")
     examples: int = option(256, ge=1, help="training and validation examples the probes read (fixed per run)")
-    seed: int = option(0, ge=0, help="seed of the probe batch and of every random probe vector")
+    seed: int = seed_option(help="seed of the probe batch and of every random probe vector")
     hessian_k: int = option(1, ge=1, le=32, help="Hessian eigenvalues to find")
     lanczos_iters: int = option(20, ge=2, help="Lanczos iterations (Hessian-vector products)")
     hutchinson_samples: int = option(10, ge=1, help="Rademacher vectors of the Hessian-trace estimate")
@@ -298,7 +299,7 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any, source: str) -> None
             elif isinstance(value, str):
                 comp["name"] = value
             else:
-                raise ConfigError(head, f"expected a {head} name or a mapping, got {value!r}")
+                raise ConfigError(head, f"expected a {head} name or a mapping, got {shorten(value)}")
             return
         if "." in rest:
             raise ConfigError(key, "components have flat options; expected e.g. optimizer.lr=1e-3")
@@ -336,28 +337,25 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file -> a layer. Nested mappings and dotted keys are both accepted."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("", f"config file {str(path)!r} not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError("", f"{path}: not UTF-8 text (a YAML config file is expected)") from None
-    except OSError as err:
-        raise ConfigError("", f"{path}: cannot be read ({err.strerror or err})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError("", f"{path}: not valid YAML{where}") from None
+    """A YAML file -> a layer. Nested mappings and dotted keys are both accepted.
+
+    The file is read within limits (:func:`trainlab.config.load_yaml_file`: a regular file of at most a
+    megabyte, plain values, no alias bombs or deep nesting); every problem is a one-line :class:`ConfigError`.
+    """
+    raw = load_yaml_file(path, "config file", _config_error)
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ConfigError("", f"{path}: expected a mapping of keys to values at the top level")
+        raise ConfigError("", f"config file {quote_path(path)}: expected a mapping of keys to values at the top level")
     layer: dict[str, Any] = {}
     for key, value in raw.items():
-        _set_dotted(layer, str(key), value, str(path))
+        _set_dotted(layer, str(key), value, f"config file {quote_path(path)}")
     return layer
+
+
+def _config_error(message: str) -> ConfigError:
+    """A config file's problem as a :class:`ConfigError` of no key (the message names the file)."""
+    return ConfigError("", message)
 
 
 def _merge_plain(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -433,6 +431,10 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
     sections = {name: build_options(cls, merged.get(name, {}), prefix=name) for name, cls in SECTIONS.items()}
     _check_probe_names(sections["probes"])
     check_dist(sections["dist"])
+    if sections["loss"].grokalign > 0 and sections["dist"].strategy == "fsdp":
+        raise ConfigError("loss.grokalign", "needs a double backward, which fsdp cannot give (its post-backward hooks "
+                                            "free the gathered parameters the second backward reads); use "
+                                            "dist.strategy=ddp")
     train = replace(
         train,
         steps=train.steps if train.steps is not None else wl_cls.default_steps,
@@ -442,8 +444,9 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
     )
     if train.target_metric is not None:
         if train.target_metric not in ("val_loss", "train_loss"):
-            raise ConfigError("target_metric", f"{train.target_metric!r} is not allowed; allowed: val_loss, train_loss "
-                                               "(the workload's own metric is the default target: use threshold)")
+            raise ConfigError("target_metric", f"{shorten(train.target_metric)} is not allowed; allowed: val_loss, "
+                                               "train_loss (the workload's own metric is the default target: use "
+                                               "threshold)")
         if train.target is None:
             raise ConfigError("target", "give the value target_metric must reach, e.g. target=2.4")
     # A schedule whose options do not fit the step budget is a config error, found now rather than later.

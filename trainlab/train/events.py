@@ -4,7 +4,10 @@ From evaluations:
 
 - ``memorized``: the first evaluation whose *train* metric reaches the workload's threshold; ``generalized``:
   the first whose *validation* metric does. The grokking delay (Power et al. 2022) is the gap between the two,
-  in steps and in training seconds. ``diverged``: the train loss became NaN or inf.
+  in steps and in training seconds. ``diverged``: the evaluated train loss became NaN or inf (``metric``
+  ``train_loss``). The loop records ``diverged`` itself, sooner, when a step's training loss is not finite
+  (``metric`` ``loss``, the step of that loss) or a checkpoint it is about to write holds a tensor that is not
+  (``metric`` the tensor's path, such as ``model.net.0.weight``): :mod:`trainlab.train.loop`.
 - ``loss_spike`` (each time): the train loss rises above ``SPIKE_FACTOR`` times its lowest value so far; the
   next spike can fire once the loss has come back below that level.
 
@@ -51,6 +54,41 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: Any) -> Event:
+        """The event ``to_dict`` wrote. A checkpoint's events come from a file: anything else is a ValueError
+        naming the field, not a TypeError from the constructor."""
+        if not isinstance(d, dict):
+            raise ValueError(f"is {type(d).__name__}, not a mapping")
+        unknown = sorted(str(k) for k in set(d) - set(_EVENT_FIELDS))
+        if unknown:
+            raise ValueError(f"has an unknown field {unknown[0]!r}")
+        for name, kinds in _EVENT_FIELDS.items():
+            if name in _REQUIRED_EVENT_FIELDS and name not in d:
+                raise ValueError(f"has no {name!r}")
+            if name in d and not _is_a(d[name], kinds):
+                raise ValueError(f"has {name!r} of type {type(d[name]).__name__}")
+        return cls(**d)
+
+
+# Event's fields and the types a checkpoint may hold for each (None: JSON null)
+_EVENT_FIELDS: dict[str, tuple[type | None, ...]] = {"name": (str,), "step": (int,), "time": (int, float),
+                                                      "value": (int, float, None), "metric": (str, None),
+                                                      "detail": (str,)}
+_REQUIRED_EVENT_FIELDS = ("name", "step", "time")
+# what the detectors remember, and the types each may hold
+_STATE_FIELDS: dict[str, tuple[type | None, ...]] = {"min_loss": (int, float, None), "in_spike": (bool,),
+                                                      "last_norm": (int, float, None), "entropy0": (int, float, None)}
+
+
+def _is_a(value: Any, kinds: tuple[type | None, ...]) -> bool:
+    """Whether ``value`` is one of ``kinds`` (None stands for None; a bool is no int or float here)."""
+    if value is None:
+        return None in kinds
+    if isinstance(value, bool):
+        return bool in kinds
+    return any(kind is not None and isinstance(value, kind) for kind in kinds)
+
 
 class EventTracker:
     """Feeds on metrics rows; remembers which events fired so each fires once."""
@@ -58,10 +96,10 @@ class EventTracker:
     def __init__(self, metric: str, higher_is_better: bool, threshold: float, events: list[dict] | None = None,
                  state: dict[str, Any] | None = None):
         self.metric, self.higher_is_better, self.threshold = metric, higher_is_better, threshold
-        self.events: list[Event] = [Event(**e) for e in (events or [])]
+        self.events: list[Event] = [Event.from_dict(e) for e in (events or [])]
         # what the detectors remember between rows (checkpointed, so a resumed run detects the same events)
         self.state: dict[str, Any] = {"min_loss": None, "in_spike": False, "last_norm": None, "entropy0": None,
-                                      **(state or {})}
+                                      **check_state(state or {})}
 
     def _solved(self, value: Any) -> bool:
         if value is None or not math.isfinite(value):
@@ -70,6 +108,11 @@ class EventTracker:
 
     def fired(self, name: str) -> Event | None:
         return next((e for e in self.events if e.name == name), None)
+
+    def record(self, event: Event) -> Event:
+        """Add an event found outside the metrics rows (the loop's divergence checks) and return it."""
+        self.events.append(event)
+        return event
 
     def update(self, row: dict[str, Any]) -> list[Event]:
         """Record and return the events that first happen at this evaluation row."""
@@ -82,7 +125,7 @@ class EventTracker:
                                  f"{split} {self.metric} {value:.4g} {word} {self.threshold:g}"))
         loss = row.get("train_loss")
         if not self.fired("diverged") and loss is not None and not math.isfinite(loss):
-            new.append(Event("diverged", row["step"], row["time"], None, "loss", f"train loss is {loss}"))
+            new.append(Event("diverged", row["step"], row["time"], None, "train_loss", f"train loss is {loss}"))
         new += self._dynamics(row)
         self.events.extend(new)
         return new
@@ -137,3 +180,14 @@ class EventTracker:
     def summary(self) -> dict[str, Any]:
         """The ``events`` entry of ``summary.json`` (:func:`trainlab.rundir.summary.from_events`)."""
         return from_events([e.to_dict() for e in self.events], REPEATING)
+
+
+def check_state(state: Any) -> dict[str, Any]:
+    """The detectors' state as a checkpoint holds it; a ValueError naming the entry when it is not a mapping or
+    an entry has the wrong type (a resumed run would fail at its next evaluation otherwise)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"is {type(state).__name__}, not a mapping")
+    for name, kinds in _STATE_FIELDS.items():
+        if name in state and not _is_a(state[name], kinds):
+            raise ValueError(f"has {name!r} of type {type(state[name]).__name__}")
+    return state

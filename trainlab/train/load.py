@@ -9,6 +9,7 @@ The model is rebuilt from the run's ``config.yaml`` exactly as the trainer build
 options), then given the checkpoint's weights, loaded with ``weights_only=True`` after the checksum is verified.
 No optimizer, process group or data loader is made. Checkpoints of sharded strategies hold full tensors and load
 the same way; a DiLoCo checkpoint holds each worker's weights between outer steps, and this loads worker 0's.
+A run that diverged wrote no checkpoint after its last finite state, so a diverged run loads finite weights.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from trainlab.errors import CheckpointError, RunDirError
 from trainlab.models.setup import apply_param_options
 from trainlab.rundir import RunDir, checkpoints
 from trainlab.train.config import RunConfig, from_cli
-from trainlab.train.state import check_config
+from trainlab.train.state import check_config, check_payload, mismatch
 from trainlab.train.training import input_kind_for
 
 __all__ = ["LoadedRun", "load_run"]
@@ -66,15 +67,16 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedR
         raise RunDirError(f"{rd.path} holds no config.yaml: the model cannot be rebuilt")
     cfg = from_cli(str(rd.config_path), [])
     payload = checkpoints.load(rd.checkpoints, map_location=device)
+    check_payload(payload)  # a file that hashes right may still lack a key or hold the wrong type
     check_config(payload.get("config"), cfg)  # config.yaml edited after training: the weights are another model's
     state = payload["ranks"][0]["model"] if "ranks" in payload else payload["model"]
     model = build_model(cfg, torch.device(device))
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"the checkpoint in {rd.checkpoints} does not fit the model of config.yaml: "
-                              f"{str(err).strip().splitlines()[0]}") from None
-    return LoadedRun(rd.path, cfg, model.eval(), int(payload["step"]), rd.metrics(), rd.summary())
+        raise CheckpointError(f"checkpoint {payload.path} does not fit the model of config.yaml: "
+                              f"{mismatch(err)}") from None
+    return LoadedRun(rd.path, cfg, model.eval(), payload["step"], rd.metrics(), rd.summary())
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> nn.Module:

@@ -4,14 +4,20 @@ It reads a :class:`~trainlab.train.training.Training` (built once from the confi
 advances a :class:`~trainlab.train.state.TrainState` (the step, the clocks, the events). Order inside one
 iteration, at step ``s`` (``s`` optimizer steps already taken)::
 
+    look at the training losses of the steps taken since the last look   (see LossWatch)
     evaluate if s is 0, a multiple of eval_every, or the last step   (clock paused)
     probe if a probe is due at s                                      (clock paused)
-    checkpoint if s is a multiple of checkpoint_every, or a stop was asked for
+    checkpoint if s is a multiple of checkpoint_every, a stop was asked for, or the run ends here
     set the lrs of step s; take the batch of s; one optimizer step; s += 1
 
 A checkpoint at ``s`` therefore holds the state *after* the row of ``s`` was written; a resumed run continues
 from there and does not repeat that row. The training clock counts the optimizer steps (with the batch
 selection and lr setting that belong to them), never evaluation, logging or checkpointing.
+
+Nothing that is not finite is kept: a step whose training loss is NaN or inf, or a checkpoint about to be
+written that holds such a tensor (:func:`~trainlab.train.state.prepare_checkpoint`), ends the run as
+``diverged`` there, not at the next evaluation. The stop's metrics row evaluates the state the run stopped in and
+carries a ``diverged`` column saying what was not finite; no checkpoint is written after the last finite one.
 
 Several processes (``torchrun``) train through a :class:`~trainlab.distributed.strategy.Strategy`: it wraps or
 shards the model, builds the optimizer, takes its turn after every step (``after_step``: DiLoCo's outer step),
@@ -25,6 +31,7 @@ import math
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeGuard
 
 import torch
@@ -32,10 +39,14 @@ from torch import Tensor, nn
 
 from trainlab.distributed.env import DistEnv
 from trainlab.train.evaluation import evaluate, timing_row
+from trainlab.train.events import Event
 from trainlab.rundir import RunDir
 from trainlab.train.runlog import RunLog
-from trainlab.train.state import TrainState, save_checkpoint
+from trainlab.train.state import TrainState, prepare_checkpoint, write_checkpoint
 from trainlab.train.training import Training
+
+
+FINITE_CHECK_EVERY = 16  # steps between looks at the training losses where a look costs a device sync
 
 
 def train_loop(t: Training, s: TrainState, rd: RunDir, log: RunLog, stop: StopFlag) -> str:
@@ -44,39 +55,147 @@ def train_loop(t: Training, s: TrainState, rd: RunDir, log: RunLog, stop: StopFl
     steps, eval_every, ckpt_every = t.steps, t.cfg.train.eval_every, t.cfg.train.checkpoint_every
     assert eval_every is not None
     start, wall0, sync = s.step, time.perf_counter() - s.wall_offset, _synchronizer(t.env.device)
+    watch = LossWatch(t)
     t.prober.snapshot_initial(t.model)
     t_seg = time.perf_counter()
     while True:
         fresh = not (s.step == start and start > 0)  # a resumed run does not repeat its checkpoint's row
-        evaluating = (s.step % eval_every == 0 or s.step == steps) and fresh
-        probing = t.prober.due(s.step) and fresh and t.env.is_main
-        saving = ckpt_every > 0 and s.step % ckpt_every == 0 and s.step not in (start, steps)
-        stopping = stop.agreed(t.env)
-        if evaluating or probing or saving or stopping:
+        due = Pause(evaluating=(s.step % eval_every == 0 or s.step == steps) and fresh,
+                    probing=t.prober.due(s.step) and fresh and t.env.is_main,
+                    saving=ckpt_every > 0 and s.step % ckpt_every == 0 and s.step not in (start, steps),
+                    stopping=stop.agreed(t.env))
+        bad_loss = watch.first_nonfinite() if watch.due(s.step, due) else None
+        if due.any or bad_loss:
             sync()
             s.train_time += time.perf_counter() - t_seg  # the clock pauses here
             log.trace(drain_trace(s))
-            if evaluating or probing:
-                wall = time.perf_counter() - wall0
-                row = evaluate(t, s, wall) if evaluating else timing_row(t, s, wall)
-                if probing:
-                    row.update(t.prober.run(t.model, s.step, row["lr"], rd.path))
-                log.row(row)
-                new_events = s.tracker.update(row)
-                log.events(new_events, s.tracker)
-                ending = end_of_run(t, s, row, new_events, evaluating)
-                if ending:
-                    return ending
-            if saving or stopping:
-                save_checkpoint(t, s, rd, time.perf_counter() - wall0)
-            if stopping:
-                return "interrupted"
+            if bad_loss:
+                return stop_diverged(s, log, evaluate(t, s, time.perf_counter() - wall0),
+                                     [s.tracker.record(loss_divergence(s, *bad_loss))])
+            ending = pause(t, s, rd, log, wall0, due)
+            if ending:
+                return ending
             t_seg = time.perf_counter()  # and runs again
         if s.step >= steps:
             return "completed"
         t.prober.before_step(t.model, s.step)
         loss = train_step(t, s)
+        watch.add(s.step - 1, loss)  # the step just taken
         log.step(s.step, loss)
+
+
+@dataclass(frozen=True)
+class Pause:
+    """What the loop does at one step with the clock paused (nothing when all are False)."""
+
+    evaluating: bool
+    probing: bool  # on the main process alone
+    saving: bool  # a checkpoint_every checkpoint
+    stopping: bool  # a stop was asked for (on any process)
+
+    @property
+    def together(self) -> bool:
+        """Whether every process pauses here (all but probe-only pauses): only then may they communicate."""
+        return self.evaluating or self.saving or self.stopping
+
+    @property
+    def any(self) -> bool:
+        return self.together or self.probing
+
+
+def pause(t: Training, s: TrainState, rd: RunDir, log: RunLog, wall0: float, due: Pause) -> str | None:
+    """Evaluate, probe and checkpoint at step ``s.step`` as ``due`` says (the clock is paused); returns why the
+    run ends here, if it does.
+
+    A checkpoint is built and checked before the step's row is logged, so that a state found not finite ends
+    the run with a row that says so; it is written after the row, so a checkpoint's row is always in the log.
+    """
+    row, new, wall = None, [], time.perf_counter() - wall0
+    if due.evaluating or due.probing:
+        row = evaluate(t, s, wall) if due.evaluating else timing_row(t, s, wall)
+        if due.probing:
+            row.update(t.prober.run(t.model, s.step, row["lr"], rd.path))
+        new = s.tracker.update(row)
+    ending = end_of_run(t, s, row, new, due.evaluating) if row is not None else None
+    if ending == "diverged":
+        assert row is not None
+        return stop_diverged(s, log, row, new)
+    checkpointing = due.saving or due.stopping or ending is not None
+    payload, found = prepare_checkpoint(t, s, time.perf_counter() - wall0) if checkpointing else (None, None)
+    if found is not None:
+        event = s.tracker.record(Event("diverged", s.step, s.train_time, None, found,
+                                       f"{found} is not finite at step {s.step}; its checkpoint was not written"))
+        return stop_diverged(s, log, row if row is not None else evaluate(t, s, wall), [*new, event])
+    if row is not None:
+        log.row(row)
+    log.events(new, s.tracker)
+    if checkpointing:
+        write_checkpoint(s, rd, payload)
+    return ending or ("interrupted" if due.stopping else None)
+
+
+def stop_diverged(s: TrainState, log: RunLog, row: dict[str, Any], new: list[Event]) -> str:
+    """End the run at a state that is not finite: the row of the stop (an evaluation of that state) gets a
+    ``diverged`` column with the event's detail, so the last row of a diverged run never reads as a healthy one;
+    nothing is checkpointed."""
+    event = s.tracker.fired("diverged")
+    assert event is not None
+    row["diverged"] = event.detail
+    log.row(row)
+    log.events(new, s.tracker)
+    return "diverged"
+
+
+def loss_divergence(s: TrainState, step: int, loss: float) -> Event:
+    """The ``diverged`` event of a step whose training loss (the mean over its batch) was ``loss``."""
+    return Event("diverged", step, s.train_time, None, "loss", f"the training loss of step {step} is {loss}")
+
+
+def look_every(env: DistEnv) -> int:
+    """Steps between looks at the training losses: every step where reading them is free (one process on a CPU),
+    else :data:`FINITE_CHECK_EVERY`."""
+    return 1 if env.device.type == "cpu" and not env.distributed else FINITE_CHECK_EVERY
+
+
+class LossWatch:
+    """The training losses of the steps since the last look, kept on the device and read all at once.
+
+    One process on a CPU looks after every step: its ops have run by the time ``train_step`` returns, so reading
+    a scalar costs nothing, and a run stops right after its first step whose loss is not finite. On an accelerator
+    a read waits for the device, and several processes must agree (one all-reduce of the pending losses: any NaN
+    or inf makes their sum NaN or inf); there it looks every :data:`FINITE_CHECK_EVERY` steps and at every pause
+    of the clock: at most that many steps late, and still naming the first step whose loss was not finite.
+
+    Optimizers that steer by the training loss (AutoLRS: ``observes_loss``) try learning rates that may diverge and
+    roll them back themselves; their losses are not watched (their checkpoints are still checked).
+    """
+
+    def __init__(self, t: Training) -> None:
+        self.env = t.env
+        self.every = look_every(t.env)
+        self.watching = not t.hooks.observes_loss
+        self.first = 0  # the step of losses[0]
+        self.losses: list[Tensor] = []
+
+    def add(self, step: int, loss: Tensor) -> None:
+        """Keep the loss of ``step`` (a device scalar) for the next look."""
+        if self.watching:
+            self.first = step if not self.losses else self.first
+            self.losses.append(loss)
+
+    def due(self, step: int, pause: Pause) -> bool:
+        """Whether to look at step ``step``; every process answers alike (a look may be collective)."""
+        return step % self.every == 0 or pause.together or (pause.probing and not self.env.distributed)
+
+    def first_nonfinite(self) -> tuple[int, float] | None:
+        """(step, loss) of the first kept step whose loss was NaN or inf on any process, or None; forgets them."""
+        if not self.losses:
+            return None
+        losses = self.env.all_reduce_sum(torch.stack(self.losses))  # one dtype: every step's loss is alike
+        self.losses.clear()
+        values = losses.tolist()  # one read of the device for all the steps
+        i = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        return None if i is None else (self.first + i, values[i])
 
 
 def train_step(t: Training, s: TrainState) -> Tensor:
@@ -159,6 +278,8 @@ def end_of_run(t: Training, s: TrainState, row: dict[str, Any], new_events: list
             return "reached_target"
     if evaluated and out_of_time(t, s):
         return "out_of_time"
+    if evaluated and s.step >= t.steps:
+        return "completed"
     return None
 
 
@@ -174,10 +295,22 @@ def out_of_time(t: Training, s: TrainState) -> bool:
 
 
 class StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current step and checkpoint; a second Ctrl-C aborts."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step and checkpoint; a second Ctrl-C aborts.
+
+    ``signum`` is the signal that asked first: ``trainlab run`` exits with 128 + its number (130 for Ctrl-C,
+    143 for SIGTERM, the shell's convention), so that a script or a scheduler does not take a stopped run for a
+    finished one. Under torchrun a process that stops because another one was signalled adopts that signal
+    (:meth:`agreed`), so every process of the launch exits alike.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopFlag]:
@@ -188,9 +321,10 @@ class StopFlag:
         def handler(signum: int, frame: Any) -> None:
             if self.requested and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            self.requested = True
+            if self.signum is None:
+                self.signum = signum
 
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, handler) for sig in self.SIGNALS}
         try:
             yield self
         finally:
@@ -198,10 +332,14 @@ class StopFlag:
                 signal.signal(sig, h)
 
     def agreed(self, env: DistEnv) -> bool:
+        """Whether any process was asked to stop (every process must stop at the same step)."""
         if not env.distributed:
             return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=env.device)
-        return bool(env.all_reduce_sum(flag).item() > 0)
+        flags = torch.tensor([float(self.signum == sig) for sig in self.SIGNALS], device=env.device)
+        counts = env.all_reduce_sum(flags).tolist()
+        if self.signum is None and any(counts):
+            self.signum = next(sig for sig, n in zip(self.SIGNALS, counts) if n)
+        return any(counts)
 
 
 def _synchronizer(device: torch.device) -> Callable[[], None]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import signal
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -17,17 +18,48 @@ from trainlab.rundir import checkpoints as ckpt
 from trainlab.rundir import summary as summarize
 from trainlab.train.config import RESUMABLE_KEYS, RunConfig, for_resume, from_cli
 from trainlab.train.loop import StopFlag, train_loop
-from trainlab.train.state import TrainState, restore, save_checkpoint
+from trainlab.train.state import TrainState, divergence_summary, restore
 from trainlab.train.training import Training, build_training
 from trainlab.train.progress import Progress
 from trainlab.train.runlog import RunLog
 from trainlab.train.tensorboard import TensorBoardLog
 from trainlab.train.tensorboard import require as require_tensorboard
-from trainlab.rundir import RunDir, new_run_dir, timestamp, versions
-from trainlab.errors import RunError  # noqa: F401  (defined there; imported from here too)
+from trainlab.rundir import RunDir, RunDirLock, lock_run_dir, new_run_dir, printable, timestamp, versions
+from trainlab.errors import RunError, UserError, one_line  # RunError is defined there; imported from here too
 
 
-def run(
+def run(config: RunConfig | str | Path | None = None, overrides: Sequence[str] = (), **options: Any) -> Path:
+    """Train one configuration and return its run directory (:func:`run_outcome`'s arguments).
+
+    An interrupted run (Ctrl-C, SIGTERM) returns its directory too, like every run that ends: its
+    ``summary.json`` says ``"status": "interrupted"`` and it can be resumed. Raising instead would hide the
+    directory from callers that resume or score it (the bench removes unfinished trials by that status); a
+    caller that needs the signal uses :func:`run_outcome`, as ``trainlab run`` does for its exit code.
+    Example::
+
+        run_dir = trainlab.run(overrides=["workload=sparse_parity", "steps=500"], quiet=True)
+    """
+    return run_outcome(config, overrides, **options).path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: its directory, its status (as in its summary.json) and the signal that stopped it."""
+
+    path: Path
+    status: str
+    signum: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """``trainlab run``'s exit status: 0, or 128 + the signal for an interrupted run (130 after Ctrl-C, 143
+        after SIGTERM: the shell's convention), so a script or scheduler can tell it from a finished one."""
+        if self.status != "interrupted":
+            return 0
+        return 128 + (self.signum or signal.SIGTERM)  # no signal recorded: stopped at a caller's request
+
+
+def run_outcome(
     config: RunConfig | str | Path | None = None,
     overrides: Sequence[str] = (),
     *,
@@ -38,71 +70,153 @@ def run(
     command: str | None = None,
     report: bool = True,
     auto_resume: bool = False,
-) -> Path:
-    """Train one configuration and return its run directory.
+) -> Outcome:
+    """Train one configuration; return its :class:`Outcome`.
 
     ``config`` is a :class:`RunConfig`, a YAML path, or None (the defaults); ``overrides`` are ``key=value``
     strings applied on top. ``resume`` continues the run in that directory from its newest checkpoint.
+
+    The run holds its directory's lock (:mod:`trainlab.rundir.lock`) from before its slow set-up to its end: a
+    second run into the same ``out``, or a second ``resume``, is refused with a :class:`RunDirBusyError` naming
+    the holder. Without ``out`` the directory is ``runs_root/NAME``, made with one ``mkdir``, so runs started
+    together never share one.
 
     ``auto_resume`` (``--auto-resume``, needs ``out``): when ``out`` already holds a run of the same
     configuration, continue it from its newest checkpoint instead of refusing (or start it afresh when it has
     no checkpoint yet). This is what makes ``torchrun --max-restarts=K ... trainlab run ... --out DIR
     --auto-resume`` survive a lost worker: torchrun restarts every worker with the same command, and they pick
-    up the last checkpoint, losing at most ``checkpoint_every`` steps. A different configuration in ``out``
-    (other than the keys a resume may change) is an error.
-    Example::
-
-        run_dir = trainlab.run(overrides=["workload=sparse_parity", "steps=500"], quiet=True)
+    up the last checkpoint, losing at most ``checkpoint_every`` steps (the dead attempt's lock died with it).
+    A different configuration in ``out`` (other than the keys a resume may change) is an error.
     """
     if auto_resume and (out is None or resume is not None):
         raise RunError("--auto-resume needs --out DIR (the directory a restarted launch continues) and no --resume")
-    if resume is not None:
-        rd = RunDir(Path(resume))
-        if not rd.config_path.is_file():
-            raise RunError(f"cannot resume {rd.path}: it holds no trainlab run (no config.yaml)")
-        try:
-            cfg = for_resume(rd.config_path, overrides)
-        except ConfigError as err:
-            if err.key in RESUMABLE_KEYS or any(o.partition("=")[0].strip() == err.key for o in overrides):
-                raise  # a mistake in this command's own overrides
-            raise RunError(f"cannot resume {rd.path}: its config.yaml does not resolve ({err})") from None
-    elif isinstance(config, RunConfig):
-        if overrides:
-            raise ConfigError("", "pass overrides with a YAML path or None, not with a RunConfig")
-        cfg = config
-    else:
-        cfg = from_cli(str(config) if config is not None else None, overrides)
-
+    cfg = _resolve(config, overrides, resume)
     if cfg.train.tensorboard:
         require_tensorboard()
     try:
         env = dist_env.setup(cfg.train.device)
     except RuntimeError as err:
         raise RunError(str(err)) from None
+    command = command or _command()
+    finished = False
     try:
-        resuming = resume is not None
-        if resume is None:
-            rd = RunDir(Path(env.broadcast(str(output_dir(cfg, out, runs_root)) if env.is_main else None)))
-            verdict = _auto_resume_verdict(cfg, rd) if auto_resume and env.is_main else None
-            verdict = env.broadcast(verdict) if auto_resume else None
-            if verdict is not None and verdict.startswith("error: "):
-                raise RunError(verdict[len("error: "):])
-            if verdict == "resume":
-                resuming = True
-            elif verdict == "fresh":
-                if env.is_main:
-                    rd.truncate_to_checkpoint(-1)  # rows of an attempt that never checkpointed
-            elif rd.has_run():
-                raise RunError(f"{rd.path} already holds a run; resume it with --resume {rd.path} (or --auto-resume), "
-                               "or choose another --out")
-        return _run(cfg, env, rd, resuming=resuming, quiet=quiet or not env.is_main,
-                    command=command or _command(), report=report)
+        claim = _claim(cfg, env, out=out, resume=resume, runs_root=runs_root, auto_resume=auto_resume,
+                       command=command)
+        try:
+            outcome = _run(cfg, env, claim.rd, resuming=claim.resuming, quiet=quiet or not env.is_main,
+                           command=command, report=report)
+            finished = True
+            return outcome
+        finally:
+            claim.release()
     finally:
-        env.close()
+        env.close(together=finished)
+
+
+def _resolve(config: RunConfig | str | Path | None, overrides: Sequence[str], resume: str | Path | None) -> RunConfig:
+    """The configuration to train: ``resume``'s saved config with ``overrides``, or ``config`` with them."""
+    if resume is not None:
+        rd = RunDir(Path(resume))
+        if not rd.config_path.is_file():
+            raise RunError(f"cannot resume {rd.path}: it holds no trainlab run (no config.yaml)")
+        try:
+            return for_resume(rd.config_path, overrides)
+        except ConfigError as err:
+            if err.key in RESUMABLE_KEYS or any(o.partition("=")[0].strip() == err.key for o in overrides):
+                raise  # a mistake in this command's own overrides
+            raise RunError(f"cannot resume {rd.path}: its config.yaml does not resolve ({err})") from None
+    if isinstance(config, RunConfig):
+        if overrides:
+            raise ConfigError("", "pass overrides with a YAML path or None, not with a RunConfig")
+        return config
+    return from_cli(str(config) if config is not None else None, overrides)
+
+
+@dataclass
+class _Claim:
+    """The run directory every process trains into; the main process holds its lock."""
+
+    rd: RunDir
+    resuming: bool
+    lock: RunDirLock | None = None
+    created: bool = False  # this run made the directory
+
+    def release(self) -> None:
+        """Let the directory go; one this run made and never wrote a run into (a start that failed) goes too."""
+        if self.lock is not None:
+            self.lock.release(remove_directory=self.created and not self.rd.has_run())
+
+
+def _claim(cfg: RunConfig, env: Any, *, out: str | Path | None, resume: str | Path | None, runs_root: str | Path,
+           auto_resume: bool, command: str) -> _Claim:
+    """Take the run directory on the main process and tell every process which it is and whether it resumes.
+
+    Under torchrun only rank 0 writes the run directory, so it alone locks it; a refusal is broadcast like the
+    directory, so the other ranks exit with the same message instead of waiting for a peer that left.
+    """
+    if env.is_main:
+        try:
+            claim = _take(cfg, out=out, resume=resume, runs_root=runs_root, auto_resume=auto_resume, command=command)
+        except (UserError, OSError) as err:
+            env.broadcast(one_line(err))
+            raise
+        env.broadcast((str(claim.rd.path), claim.resuming))
+        return claim
+    shared = env.broadcast(None)
+    if isinstance(shared, str):
+        raise RunError(shared)
+    return _Claim(RunDir(shared[0]), resuming=shared[1])
+
+
+def _take(cfg: RunConfig, *, out: str | Path | None, resume: str | Path | None, runs_root: str | Path,
+          auto_resume: bool, command: str) -> _Claim:
+    """Lock the run directory (making it first if needed), decide whether the run resumes, and delete the
+    temporary files of writers killed mid-write (safe now that no other writer can be there)."""
+    if resume is not None:
+        path, created = Path(resume), False
+    elif out is not None:
+        path, created = Path(out), _make_out_dir(Path(out))
+    else:
+        name = cfg.train.name or f"{cfg.workload.name}-{cfg.optimizer.name}-{timestamp()}"
+        path, created = new_run_dir(Path(runs_root), name), True
+    claim = _Claim(RunDir(path), resuming=resume is not None, lock=lock_run_dir(path, command), created=created)
+    try:
+        if resume is None:
+            claim.resuming = _continues(cfg, claim.rd, auto_resume)
+        claim.rd.remove_temporaries()
+    except BaseException:
+        claim.release()
+        raise
+    return claim
+
+
+def _make_out_dir(path: Path) -> bool:
+    """Make the directory ``--out`` names; whether it was made now (False: it existed)."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise RunError(f"--out {path} is a file, not a directory") from None
+        return False
+    return True
+
+
+def _continues(cfg: RunConfig, rd: RunDir, auto_resume: bool) -> bool:
+    """Whether a new run into ``rd`` continues the run there (``--auto-resume``); a run already there is an
+    error otherwise."""
+    if not auto_resume:
+        if rd.has_run():
+            raise RunError(f"{rd.path} already holds a run; resume it with --resume {rd.path} (or --auto-resume), "
+                           "or choose another --out")
+        return False
+    verdict = _auto_resume_verdict(cfg, rd)
+    if verdict == "fresh":
+        rd.truncate_to_checkpoint(-1)  # rows of an attempt that never checkpointed
+    return verdict == "resume"
 
 
 def _auto_resume_verdict(cfg: RunConfig, rd: RunDir) -> str:
-    """``--auto-resume`` on the main process: "new", "fresh" (a run without a checkpoint), "resume", or "error: ..."."""
+    """``--auto-resume``: "new", "fresh" (a run without a checkpoint) or "resume"; a RunError for another run."""
     if not rd.has_run():
         return "new"
     saved_path = rd.config_path
@@ -111,29 +225,22 @@ def _auto_resume_verdict(cfg: RunConfig, rd: RunDir) -> str:
     try:
         saved = from_cli(str(saved_path), []).to_plain()
     except ConfigError as err:
-        return f"error: --auto-resume: the config saved in {rd.path} no longer resolves ({err})"
+        raise RunError(f"--auto-resume: the config saved in {rd.path} no longer resolves ({err})") from None
     new = cfg.to_plain()
     for key in sorted(set(saved) | set(new)):
         if key not in RESUMABLE_KEYS and saved.get(key) != new.get(key):
-            return (f"error: --auto-resume: {rd.path} holds a run with a different {key} ({saved.get(key)!r}, not "
-                    f"{new.get(key)!r}); choose another --out")
+            raise RunError(f"--auto-resume: {rd.path} holds a run with a different {key} ({saved.get(key)!r}, not "
+                           f"{new.get(key)!r}); choose another --out")
     return "resume" if ckpt.latest_manifest(rd.checkpoints) is not None else "fresh"
 
 
 def _command() -> str:
+    """This process's command line as a shell would take it, as valid UTF-8 (:func:`printable`)."""
     argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
-    return " ".join(shlex.quote(a) for a in argv)
+    return " ".join(shlex.quote(printable(a)) for a in argv)
 
 
-def output_dir(cfg: RunConfig, out: str | Path | None, runs_root: str | Path) -> Path:
-    """The run directory: ``out``, or a new ``runs_root/NAME`` (NAME: ``name`` or workload-optimizer-time)."""
-    if out is not None:
-        return Path(out)
-    name = cfg.train.name or f"{cfg.workload.name}-{cfg.optimizer.name}-{timestamp()}"
-    return new_run_dir(Path(runs_root), name)
-
-
-def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Path:
+def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Outcome:
     training = build_training(cfg, env)
     try:
         return _train(training, rd, resuming=resuming, quiet=quiet, command=command, report=report)
@@ -154,7 +261,7 @@ def _start(t: Training, rd: RunDir, resuming: bool) -> TrainState:
     return state
 
 
-def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Path:
+def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Outcome:
     cfg, env = t.cfg, t.env
     state = _start(t, rd, resuming)
     if env.is_main:
@@ -171,19 +278,16 @@ def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str
         n_params = sum(p.numel() for p in t.model.parameters())
         log.message(f"trainlab: {verb} {cfg.workload.name} / {cfg.model.name} ({n_params:,} parameters) / "
                     f"{cfg.optimizer.name} on {env.device}"
-                    + (f" x{env.world_size} processes" if env.distributed else "") + f" -> {rd.path}")
+                    + (f" x{env.world_size} processes" if env.distributed else "") + f" -> {printable(str(rd.path))}")
         note = cfg.recipe_note()
         if note and not resuming:
             log.message(f"  {note}")
     t.prober.message = log.message
 
     stop = StopFlag()
-    started = time.perf_counter()
     with stop.installed(), _flush_subnormals(env.device):
-        status = train_loop(t, state, rd, log, stop)
+        status = train_loop(t, state, rd, log, stop)  # ends with a checkpoint of a finite state, or none
     log.close()
-    if status in ("completed", "reached_target", "out_of_time"):
-        save_checkpoint(t, state, rd, state.wall_offset + time.perf_counter() - started)
     if env.is_main:
         summary = _summary(t, state, rd, status, command)
         rd.write_json("summary.json", summary)
@@ -194,10 +298,16 @@ def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str
             report_path = write_run_report(rd.path)
         if not quiet:
             print(closing_text(summary, rd.path, report_path))
-        elif status == "interrupted":
-            print(f"trainlab: interrupted at step {state.step}; resume with: trainlab run --resume {rd.path}",
-                  file=sys.stderr)
-    return rd.path
+        if status == "interrupted":
+            print(interrupted_line(stop.signum, state.step, rd.path), file=sys.stderr)
+    return Outcome(rd.path, status, stop.signum)
+
+
+def interrupted_line(signum: int | None, step: int, path: Path) -> str:
+    """The line an interrupted run ends with (also in quiet mode: the run did not finish, and can go on)."""
+    by = f" by {signal.Signals(signum).name}" if signum else ""
+    return (f"trainlab: interrupted, resumable: stopped{by} at step {step} with a checkpoint; continue with: "
+            f"trainlab run --resume {shlex.quote(printable(str(path)))}")
 
 
 @contextlib.contextmanager
@@ -223,7 +333,7 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) 
     rows = rd.metrics()
     metric = t.workload.metric
     return {
-        "name": rd.path.name,
+        "name": printable(rd.path.name),
         "status": status,
         "workload": t.cfg.workload.name,
         "model": t.cfg.model.name,
@@ -238,6 +348,7 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) 
         "steps_planned": t.steps,
         "train_time": round(s.train_time, 3),
         "events": s.tracker.summary(),
+        "divergence": divergence_summary(s),
         "probes": {"cost": summarize.probe_cost(rows, t.cfg.probes.names), "skipped": dict(t.prober.skipped)},
         "event_list": [e.to_dict() for e in s.tracker.events],
         "parameters": sum(p.numel() for p in t.model.parameters()),
@@ -265,16 +376,17 @@ def closing_text(summary: dict[str, Any], path: Path, report_path: Path | None) 
             lines.append(f"  {name:<12} not reached ({split} {metric} never reached {summary['threshold']:g})")
     if ev.get("grokking_delay_steps") is not None:
         lines.append(f"  grokking delay: {ev['grokking_delay_steps']} steps, {ev['grokking_delay_seconds']:.1f} s")
-    if "diverged" in ev:
-        lines.append(f"  diverged at step {ev['diverged']}")
+    went_wrong = summary.get("divergence")
+    if went_wrong:
+        last = went_wrong["last_finite_checkpoint"]
+        lines.append(f"  diverged at step {went_wrong['step']} ({went_wrong['detail']}); "
+                     + (f"last finite checkpoint: step {last}" if last is not None else "no checkpoint was written"))
     final = summary["final"]
     if final:
         shown = ", ".join(f"{k} {final[k]:.4g}" for k in final
                           if k.startswith(("train_", "val_")) and isinstance(final[k], (int, float)))
         lines.append(f"  final: {shown}")
-    lines.append(f"  run directory: {path}")
+    lines.append(f"  run directory: {printable(str(path))}")
     if report_path is not None:
-        lines.append(f"  report: {report_path}")
-    if summary["status"] == "interrupted":
-        lines.append(f"  resume with: trainlab run --resume {path}")
+        lines.append(f"  report: {printable(str(report_path))}")
     return "\n".join(lines)

@@ -113,6 +113,9 @@ def build_training(cfg: RunConfig, env: DistEnv) -> Training:
     with _memory_errors(f"the data of workload {workload.name}", "workload", cfg.workload.kwargs()):
         data = _to(workload.data(kind), env.device, dtype)  # type: ignore[arg-type]
     spec = workload.spec(kind)  # type: ignore[arg-type]
+    if t.batch_size and t.batch_size > data.n_train:  # the sampler would silently train full batch
+        raise RunError(f"batch_size={t.batch_size} exceeds the {data.n_train:,} training examples of workload "
+                       f"{workload.name}; batch_size=0 trains on the full batch")
     check_model_fits(cfg, spec, dtype, env.device)
     with _memory_errors(f"model {cfg.model.name}", "model", cfg.model.kwargs()):
         model = models.build(cfg.model.name, spec, **cfg.model.kwargs()).to(env.device, dtype)
@@ -206,7 +209,7 @@ def _memory_errors(what: str, component: str, options: dict[str, Any]) -> Iterat
         yield
     except (RuntimeError, MemoryError) as err:
         text = str(err)
-        if not (isinstance(err, MemoryError) or "alloc" in text or "out of memory" in text):
+        if not (isinstance(err, MemoryError) or "alloc" in text or "out of memory" in text or "overflow" in text):
             raise
         asked = re.search(r"allocate (\d+) bytes", text)
         size = f" asks for {_gb(int(asked.group(1)))} at once, which" if asked else ""

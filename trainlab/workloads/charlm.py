@@ -21,6 +21,7 @@ size 64, batch 32, 2000 steps, a 2-layer transformer (4 heads, width 128).
 from __future__ import annotations
 
 import ast
+import codecs
 import functools
 import importlib.util
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from trainlab.config import ConfigError, option
+from trainlab.config import ConfigError, option, read_user_bytes, seed_option
+from trainlab.errors import quote_path
 from trainlab.workloads.base import DataError, Dataset, DataSpec, InputKind, Workload
 from trainlab.workloads.registry import register
 
@@ -94,20 +96,29 @@ def default_corpus(max_chars: int = 0) -> str:
     return text[:max_chars] if max_chars else text
 
 
-def read_text(path: str) -> str:
-    """Read a UTF-8 text file, with one-line errors for the usual mistakes."""
+def read_text(path: str, max_chars: int = 0) -> str:
+    """The first ``max_chars`` characters (0: all) of a UTF-8 text file, with one-line errors for the usual
+    mistakes (missing, a directory, a FIFO or device, not UTF-8).
+
+    Only what the cap needs is read: UTF-8 spends at most 4 bytes a character, so ``4 * max_chars`` bytes
+    hold at least ``max_chars`` whole characters, however the cut falls. What lies past the first ``max_chars``
+    characters is not checked for UTF-8.
+    """
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"charlm: text file {str(p)!r} does not exist (path= must name a UTF-8 text file)")
-    if p.is_dir():
-        raise DataError(f"charlm: {str(p)!r} is a directory; path= must name a UTF-8 text file")
-    raw = p.read_bytes()
+        raise DataError(f"charlm: text file {quote_path(p)} does not exist (path= must name a UTF-8 text file)")
+    at_most = 4 * max_chars if max_chars else None
+    raw = read_user_bytes(p, "charlm: text file", DataError, at_most)
+    cut = at_most is not None and len(raw) == at_most  # the read may have stopped inside a character
     try:
-        return raw.decode("utf-8")
+        text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=not cut)
     except UnicodeDecodeError as err:
-        raise DataError(
-            f"charlm: {str(p)!r} is not UTF-8 text (invalid byte at offset {err.start}); convert it to UTF-8"
-        ) from None
+        text = raw[: err.start].decode("utf-8")  # what comes before the bad byte may be all the cap takes
+        if not max_chars or len(text) < max_chars:
+            raise DataError(
+                f"charlm: {quote_path(p)} is not UTF-8 text (invalid byte at offset {err.start}); convert it to UTF-8"
+            ) from None
+    return text[: max_chars or None]
 
 
 @dataclass
@@ -118,7 +129,7 @@ class CharLMOptions:
     block_size: int = option(64, help="characters per example (context length)", ge=1)
     val_frac: float = option(0.1, help="fraction of the text, at its end, used for validation", gt=0, lt=1)
     max_chars: int = option(200_000, help="use at most this many characters of the text (0 = all)", ge=0)
-    seed: int = option(0, help="seed of the training chunk offset and the training example order")
+    seed: int = seed_option(help="seed of the training chunk offset and the training example order")
 
     def validate(self) -> None:
         if self.max_chars and self.max_chars < 2 * (self.block_size + 1):
@@ -163,9 +174,7 @@ class CharLMWorkload(Workload):
         """The (capped) text the examples are cut from."""
         if self._text is None:
             o = self.options
-            text = default_corpus(o.max_chars) if o.path is None else read_text(o.path)
-            if o.max_chars:
-                text = text[: o.max_chars]
+            text = default_corpus(o.max_chars) if o.path is None else read_text(o.path, o.max_chars)
             self._text = text
             self._vocab = "".join(sorted(set(text)))
             self._index = {c: i for i, c in enumerate(self._vocab)}
@@ -217,7 +226,7 @@ class CharLMWorkload(Workload):
         n_val = int(round(len(text) * o.val_frac))
         n_train = len(text) - n_val
         if n_train < size or n_val < size:
-            source = "the default corpus" if o.path is None else repr(o.path)
+            source = "the default corpus" if o.path is None else quote_path(o.path)
             raise DataError(
                 f"charlm: text of {source} is too short: {len(text)} characters give {n_train} training and "
                 f"{n_val} validation characters, each needs at least block_size+1={size}"

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainlab.config import ConfigError, option
+from trainlab.config import ConfigError, option, seed_option
 from trainlab.workloads.base import Dataset, DataSpec, InputKind, Workload
 from trainlab.workloads.registry import register
 
@@ -41,9 +41,12 @@ CACHE_FORMAT = 1
 
 @dataclass
 class Mnist1dOptions:
-    num_samples: int = option(5000, help="examples generated in all (rounded down to a multiple of 10)", ge=10)
+    # the generator is a Python loop (3 s for the default 5000 on a laptop): a million take over ten minutes,
+    # more is a mistake rather than a data set
+    num_samples: int = option(5000, help="examples generated in all (rounded down to a multiple of 10)", ge=10,
+                              le=1_000_000)
     train_split: float = option(0.8, help="fraction of the examples used for training", gt=0, lt=1)
-    seed: int = option(42, help="seed of the MNIST-1D generator (42 reproduces the published data)")
+    seed: int = seed_option(42, help="seed of the MNIST-1D generator (42 reproduces the published data)")
     cache: bool = option(True, help="store generated arrays as .npz under $TRAINLAB_CACHE or ~/.cache/trainlab")
 
     def validate(self) -> None:

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from trainlab.config import ConfigError, option
+from trainlab.config import ConfigError, option, seed_option
 from trainlab.workloads.base import Dataset, DataSpec, InputKind, Workload
 from trainlab.workloads.registry import register
 
@@ -56,7 +56,7 @@ class ModularOptions:
     corrupt_frac: float = option(
         0.0, help="fraction of training labels replaced by a uniformly random wrong label", ge=0, le=1
     )
-    seed: int = option(0, help="seed of the shuffle (train/validation split) and of the label corruption")
+    seed: int = seed_option(help="seed of the shuffle (train/validation split) and of the label corruption")
 
     def validate(self) -> None:
         if self.op == "div" and not is_prime(self.p):

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainlab.config import ConfigError, option
+from trainlab.config import ConfigError, option, seed_option
 from trainlab.workloads.base import Dataset, DataSpec, InputKind, RegressionWorkload
 from trainlab.workloads.registry import register
 
@@ -93,7 +93,7 @@ class DeepLinearOptions:
     )
     n_train: int = option(64, help="training examples (exactly whitened, so at least d_in)", ge=1)
     n_val: int = option(256, help="validation examples (standard normal inputs)", ge=1)
-    seed: int = option(0, help="seed of the teacher's singular vectors and of the inputs")
+    seed: int = seed_option(help="seed of the teacher's singular vectors and of the inputs")
 
     def validate(self) -> None:
         r = len(self.singular_values)
@@ -193,7 +193,7 @@ class TeacherStudentOptions:
     n_train: int = option(1000, help="training examples", ge=2)
     n_val: int = option(1000, help="validation examples", ge=1)
     noise: float = option(0.0, help="std of Gaussian noise added to the standardised training targets", ge=0)
-    seed: int = option(0, help="seed of the teacher, the inputs and the noise")
+    seed: int = seed_option(help="seed of the teacher, the inputs and the noise")
 
 
 @register("teacher_student", options=TeacherStudentOptions)

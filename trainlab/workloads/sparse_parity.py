@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trainlab.config import ConfigError, option
+from trainlab.config import ConfigError, option, seed_option
 from trainlab.workloads.base import Dataset, DataSpec, InputKind, Workload
 from trainlab.workloads.registry import register
 
@@ -27,7 +27,7 @@ class SparseParityOptions:
     k: int = option(3, help="number of relevant bits (the parity's degree), at most n", ge=1)
     n_train: int = option(2000, help="training examples", ge=1)
     n_val: int = option(1000, help="validation examples", ge=1)
-    seed: int = option(0, help="seed of the relevant subset and of the inputs")
+    seed: int = seed_option(help="seed of the relevant subset and of the inputs")
 
     def validate(self) -> None:
         if self.k > self.n:

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainlab.config import option
+from trainlab.config import option, seed_option
+from trainlab.errors import quote_path
 from trainlab.workloads.base import DataError, Dataset, DataSpec, InputKind, Workload
 from trainlab.workloads.registry import register
 
@@ -64,20 +65,22 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     try:
         raw = _open_maybe_gz(path)
     except (OSError, EOFError) as err:
-        raise DataFormatError(f"{path}: cannot read IDX file ({err})") from None
+        raise DataFormatError(f"{quote_path(path)}: cannot read IDX file ({err})") from None
     if len(raw) < 4:
-        raise DataFormatError(f"{path}: too short for an IDX file ({len(raw)} bytes)")
+        raise DataFormatError(f"{quote_path(path)}: too short for an IDX file ({len(raw)} bytes)")
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
-        raise DataFormatError(f"{path}: IDX magic number {found}, expected {magic} (unsigned-byte IDX file)")
+        raise DataFormatError(
+            f"{quote_path(path)}: IDX magic number {found}, expected {magic} (unsigned-byte IDX file)")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataFormatError(f"{path}: truncated IDX header")
+        raise DataFormatError(f"{quote_path(path)}: truncated IDX header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     size = int(np.prod(shape)) if shape else 0
     if len(raw) - header != size:
-        raise DataFormatError(f"{path}: IDX header says {shape} = {size} bytes of data, file has {len(raw) - header}")
+        raise DataFormatError(
+            f"{quote_path(path)}: IDX header says {shape} = {size} bytes of data, file has {len(raw) - header}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -136,24 +139,26 @@ def restricted_load(path: Path) -> Any:
         try:
             return RestrictedUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
         except pickle.UnpicklingError as err:
-            raise DataFormatError(f"{path}: {err}") from None
+            raise DataFormatError(f"{quote_path(path)}: {err}") from None
         except Exception as err:
-            raise DataFormatError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
+            raise DataFormatError(
+                f"{quote_path(path)}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
 
 
 def read_cifar_py(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` from a CIFAR-10 python batch."""
     obj = restricted_load(path)
     if not isinstance(obj, dict):
-        raise DataFormatError(f"{path}: expected a dict batch, got {type(obj).__name__}")
+        raise DataFormatError(f"{quote_path(path)}: expected a dict batch, got {type(obj).__name__}")
     batch = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
     if "data" not in batch or "labels" not in batch:
-        raise DataFormatError(f"{path}: CIFAR-10 batch without 'data' and 'labels' entries")
+        raise DataFormatError(f"{quote_path(path)}: CIFAR-10 batch without 'data' and 'labels' entries")
     data = np.asarray(batch["data"])
     labels = np.asarray(batch["labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DataFormatError(
-            f"{path}: expected data uint8 (N, 3072) and N labels, got {data.dtype} {data.shape}, {len(labels)} labels"
+            f"{quote_path(path)}: expected data uint8 (N, 3072) and N labels, got {data.dtype} {data.shape}, "
+            f"{len(labels)} labels"
         )
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
@@ -162,7 +167,8 @@ def read_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 3, 32, 32)`` uint8 and labels ``(N,)`` from a CIFAR-10 binary batch."""
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or raw.size % 3073:
-        raise DataFormatError(f"{path}: size {raw.size} bytes is not a multiple of a 3073-byte CIFAR-10 record")
+        raise DataFormatError(
+            f"{quote_path(path)}: size {raw.size} bytes is not a multiple of a 3073-byte CIFAR-10 record")
     records = raw.reshape(-1, 3073)
     return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
 
@@ -201,7 +207,7 @@ def to_tensor(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Te
 class VisionOptions:
     root: str = option("data", help="directory holding the data set in torchvision's layout (never downloaded)")
     n_train: int = option(0, help="training examples to keep, a random subset chosen by seed (0 = all)", ge=0)
-    seed: int = option(0, help="seed of the training subset (used when n_train > 0)")
+    seed: int = seed_option(help="seed of the training subset (used when n_train > 0)")
 
 
 MNIST_FILES = (
@@ -292,7 +298,7 @@ class MnistWorkload(_VisionWorkload):
         missing = [n for n in MNIST_FILES if n not in paths]
         if missing:
             raise MissingDataError(
-                f"mnist: missing {', '.join(missing)} (optionally .gz) in {raw}; expected "
+                f"mnist: missing {', '.join(missing)} (optionally .gz) in {quote_path(raw)}; expected "
                 f"{', '.join(MNIST_FILES)} there — trainlab never downloads, place the files or set root="
             )
         x_train = read_idx(paths[MNIST_FILES[0]], IDX_IMAGES_MAGIC)
@@ -327,8 +333,9 @@ class Cifar10Workload(_VisionWorkload):
             reader, files = read_cifar_bin, [bin_dir / n for n in CIFAR_BIN_FILES]
         else:
             raise MissingDataError(
-                f"cifar10: expected {py_dir}/{{{','.join(CIFAR_PY_FILES)}}} or "
-                f"{bin_dir}/{{{','.join(CIFAR_BIN_FILES)}}} — trainlab never downloads, place the files or set root="
+                f"cifar10: expected {','.join(CIFAR_PY_FILES)} in {quote_path(py_dir)} or "
+                f"{','.join(CIFAR_BIN_FILES)} in {quote_path(bin_dir)} — trainlab never downloads, place the files "
+                "or set root="
             )
         parts = [reader(f) for f in files]
         x_train = np.concatenate([p[0] for p in parts[:5]])
