@@ -23,3 +23,26 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz's counts per group (tests/test_fuzz_cli.py records them as the user property "fuzz"): attempts,
+    and how many were refused in one line (or, for tampered run directories, refused or unaffected). Read from
+    the test reports, so it works under pytest-xdist."""
+    groups: dict[str, list[int]] = {}
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        if report.when != "call":
+            continue
+        for key, value in report.user_properties:
+            if key == "fuzz":
+                group, attempts, handled = value
+                total = groups.setdefault(group, [0, 0, 0])
+                total[0] += attempts
+                total[1] += handled if report.passed else 0
+                total[2] += 0 if report.passed else 1
+    if groups:
+        terminalreporter.section("fuzz: attempts, handled in one line, failing tests")
+        for group, (attempts, handled, failed) in sorted(groups.items()):
+            terminalreporter.write_line(f"{group:<70} {attempts:>5} {handled:>5} {failed:>3}")
+        total = [sum(v[i] for v in groups.values()) for i in range(3)]
+        terminalreporter.write_line(f"{'total':<70} {total[0]:>5} {total[1]:>5} {total[2]:>3}")

@@ -70,6 +70,11 @@ def assert_ok_or_refused(args: list[str], capsys, why: str = "") -> int:
     return 2
 
 
+def tally(record_property, group: str, attempts: int, handled: int) -> None:
+    """Record a group's counts; tests/conftest.py prints every group's at the end of the session (CI's log)."""
+    record_property("fuzz", [group, attempts, handled])
+
+
 # ------------------------------------------------------------------------------------------------ run mistakes
 
 # Keys with their option type, for type mistakes (one of each kind of type the config understands).
@@ -149,7 +154,7 @@ def run_mistakes(rng: random.Random, n: int) -> list[tuple[list[str], str]]:
     return cases
 
 
-def test_generated_run_mistakes_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+def test_generated_run_mistakes_are_refused_in_one_line(tmp_path, capsys, monkeypatch, record_property):
     monkeypatch.chdir(tmp_path)
     rng = random.Random(SEED)
     seen = {}
@@ -158,6 +163,7 @@ def test_generated_run_mistakes_are_refused_in_one_line(tmp_path, capsys, monkey
         seen.setdefault(kind, line)
     assert len(seen) == 8  # every kind of mistake was generated and refused
     assert not (tmp_path / "never").exists()  # nothing was written for a refused command
+    tally(record_property, "generated run mistakes", N_RUN_CASES, N_RUN_CASES)
 
 
 # ------------------------------------------------------------------------------------------------ config files
@@ -185,7 +191,7 @@ CONFIG_FILES = {
 
 
 @pytest.mark.parametrize("name", list(CONFIG_FILES))
-def test_malformed_config_files_are_refused_in_one_line(name, tmp_path, capsys, monkeypatch):
+def test_malformed_config_files_are_refused_in_one_line(name, tmp_path, capsys, monkeypatch, record_property):
     monkeypatch.chdir(tmp_path)
     content = CONFIG_FILES[name]
     path = tmp_path / "config.yaml"
@@ -194,6 +200,7 @@ def test_malformed_config_files_are_refused_in_one_line(name, tmp_path, capsys, 
     elif content is not None:
         path.write_bytes(content)
     assert_refused(["run", str(path), *QUIET, "--out", str(tmp_path / "never")], capsys, name)
+    tally(record_property, "malformed config files", 1, 1)
 
 
 # ------------------------------------------------------------------------------------------------ other commands
@@ -225,10 +232,12 @@ def other_command_mistakes(tmp: Path) -> list[list[str]]:
     ]
 
 
-def test_mistakes_in_the_other_commands_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+def test_mistakes_in_the_other_commands_are_refused_in_one_line(tmp_path, capsys, monkeypatch, record_property):
     monkeypatch.chdir(tmp_path)
-    for args in other_command_mistakes(tmp_path):
+    mistakes = other_command_mistakes(tmp_path)
+    for args in mistakes:
         assert_refused(args, capsys)
+    tally(record_property, "mistakes in the other commands", len(mistakes), len(mistakes))
 
 
 # ------------------------------------------------------------------------------------------------ tampered runs
@@ -314,7 +323,8 @@ MUST_REFUSE = {
 }
 
 
-def test_tampered_run_directories_are_refused_in_one_line_or_still_work(small_run, tmp_path, capsys, monkeypatch):
+def test_tampered_run_directories_are_refused_in_one_line_or_still_work(small_run, tmp_path, capsys, monkeypatch,
+                                                                         record_property):
     monkeypatch.chdir(tmp_path)
     refused = set()
     tampers = _tampers(small_run)
@@ -337,6 +347,8 @@ def test_tampered_run_directories_are_refused_in_one_line_or_still_work(small_ru
                 refused.add((name, command))
     missing = MUST_REFUSE - refused
     assert not missing, f"accepted although damaged: {sorted(missing)}"
+    attempts = len(tampers) * len(commands)
+    tally(record_property, "tampered run directories x commands (refused or unaffected)", attempts, attempts)
 
 
 # ------------------------------------------------------------------------------------------------ named cases
@@ -376,11 +388,12 @@ def _named_cases(run: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
                                   "resume after config.yaml was edited", "resume of a config.yaml that is not UTF-8",
                                   "a config that asks for 720 GB", "a model larger than memory",
                                   "an --out inside a file", "an argparse mistake"])
-def test_each_reported_traceback_is_now_one_line(case, small_run, tmp_path, capsys, monkeypatch):
+def test_each_reported_traceback_is_now_one_line(case, small_run, tmp_path, capsys, monkeypatch, record_property):
     monkeypatch.chdir(tmp_path)
     args, words = _named_cases(small_run, tmp_path)[case]
     line = assert_refused(args, capsys, case)
     assert words in line, line
+    tally(record_property, "named regressions", 1, 1)
 
 
 # ------------------------------------------------------------------------------------------------ crafted inputs
@@ -435,11 +448,10 @@ def _problem(code: int, err: str, words: tuple[str, ...]) -> str | None:
     return None
 
 
-def _report(name: str, cases: list[Crafted], outcomes: list[tuple[int, str]]) -> None:
+def _report(name: str, cases: list[Crafted], outcomes: list[tuple[int, str]], record_property) -> None:
     failures = [f"{shorten(' '.join(case.args), 300)}: {problem}" for case, (code, err) in zip(cases, outcomes)
                 if (problem := _problem(code, err, case.words)) is not None]
-    print(f"\ncrafted {name}: {len(cases)} attempts, {len(cases) - len(failures)} refused in one line, "
-          f"{len(failures)} failures")
+    tally(record_property, f"crafted: {name}", len(cases), len(cases) - len(failures))
     assert not failures, "\n".join(failures)
 
 
@@ -660,11 +672,11 @@ GUARDED = {"alias bombs", "deep nesting", "special files", "absurd sizes"}
 
 
 @pytest.mark.parametrize("name", list(CRAFTED))
-def test_crafted_inputs_are_refused_in_one_line(name, tmp_path, capsys, monkeypatch):
+def test_crafted_inputs_are_refused_in_one_line(name, tmp_path, capsys, monkeypatch, record_property):
     monkeypatch.chdir(tmp_path)
     cases = CRAFTED[name](random.Random(f"{SEED}/{name}"), tmp_path)
     outcomes = _run_guarded(cases, tmp_path) if name in GUARDED else _run_here(cases, capsys)
-    _report(name, cases, outcomes)
+    _report(name, cases, outcomes, record_property)
 
 
 # The machine's failures, simulated where a test cannot cause them (a full disk; and a read-only directory
@@ -704,7 +716,7 @@ def _writer_calls(monkeypatch, capsys, out: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("name", list(MACHINE_FAILURES))
-def test_failures_of_the_machine_are_one_line(name, tmp_path, capsys, monkeypatch):
+def test_failures_of_the_machine_are_one_line(name, tmp_path, capsys, monkeypatch, record_property):
     monkeypatch.chdir(tmp_path)
     counts = _writer_calls(monkeypatch, capsys, tmp_path / "clean")
     rng = random.Random(f"{SEED}/{name}")
@@ -725,7 +737,7 @@ def test_failures_of_the_machine_are_one_line(name, tmp_path, capsys, monkeypatc
             cases.append(Crafted([*SMALL_RUN, f"name={writer}-call-{k}", *QUIET, "--out", str(tmp_path / f"r{i}")],
                                  (words,)))
             outcomes.append(invoke(cases[-1].args, capsys))
-    _report(name, cases, outcomes)
+    _report(name, cases, outcomes, record_property)
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")

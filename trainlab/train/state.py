@@ -318,21 +318,31 @@ def _source(payload: dict[str, Any]) -> str:
 
 
 def check_config(saved: dict[str, Any] | None, cfg: RunConfig) -> None:
-    """Refuse to resume under a config that differs from the checkpoint's in a key a resume may not change."""
+    """Refuse to resume under a config that differs from the checkpoint's in a key a resume may not change,
+    naming every such key (the first with both values)."""
     if saved is None:  # written before checkpoints kept their config; the state dicts' shapes are checked on load
         return
-    now = cfg.to_plain()
+    changed = config_changes(saved, cfg.to_plain())
+    if changed:
+        key, before, after = changed[0]
+        others = f" (also {', '.join(k for k, _, _ in changed[1:])})" if len(changed) > 1 else ""
+        raise CheckpointError(f"config.yaml says {key}={_show(after)} but the checkpoint was trained with "
+                              f"{key}={_show(before)}{others}; only {', '.join(sorted(RESUMABLE_KEYS))} may differ")
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, current value) for every key outside RESUMABLE_KEYS whose value differs."""
+    changes = []
     for key in sorted(set(saved) | set(now)):
-        if key in RESUMABLE_KEYS:
-            continue
         before, after = saved.get(key), now.get(key)
-        if before == after:
+        if key in RESUMABLE_KEYS or before == after:
             continue
         if isinstance(before, dict) and isinstance(after, dict):
-            sub = next(k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k))
-            key, before, after = f"{key}.{sub}", before.get(sub), after.get(sub)
-        raise CheckpointError(f"config.yaml says {key}={_show(after)} but the checkpoint was trained with "
-                              f"{key}={_show(before)}; only {', '.join(sorted(RESUMABLE_KEYS))} may differ")
+            changes += [(f"{key}.{sub}", before.get(sub), after.get(sub)) for sub in sorted(set(before) | set(after))
+                        if before.get(sub) != after.get(sub)]
+        else:
+            changes.append((key, before, after))
+    return changes
 
 
 def _show(value: Any) -> str:
