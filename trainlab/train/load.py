@@ -25,7 +25,7 @@ from torch import nn
 from trainlab import models, workloads
 from trainlab.errors import CheckpointError, RunDirError
 from trainlab.models.setup import apply_param_options
-from trainlab.rundir import RunDir, checkpoints
+from trainlab.rundir import RunDir, check_output_path, checkpoints, printable
 from trainlab.train.config import RunConfig, from_cli
 from trainlab.train.state import check_config, check_payload, mismatch
 from trainlab.train.training import input_kind_for
@@ -45,14 +45,18 @@ class LoadedRun:
     summary: dict[str, Any] | None
 
     def export(self, path: str | Path) -> Path:
-        """Write the weights as a safetensors file (no pickle); its metadata holds the config and the step."""
-        from safetensors.torch import save_file
+        """Write the weights as a safetensors file (no pickle), atomically; its metadata holds the config and the
+        step. A path that is one of a run directory's records (config, logs, checkpoints) is refused."""
+        from safetensors.torch import save
+
+        from trainlab.rundir.atomic import atomic_write_bytes
 
         path = Path(path)
+        check_output_path(path)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         metadata = {"format": "pt", "trainlab_config": json.dumps(self.config.to_plain()), "step": str(self.step),
-                    "run": str(self.path)}
-        save_file(tensors, str(path), metadata=metadata)
+                    "run": printable(str(self.path))}
+        atomic_write_bytes(path, save(tensors, metadata=metadata))
         return path
 
 
