@@ -12,17 +12,12 @@ These runs are small (an MLP of width 16 on sparse parity, 40 steps) so the whol
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 
-import trainlab
 from trainlab.schedules import names as schedule_names
-from trainlab.train import runlog
-from trainlab.train.loop import StopFlag
+from resume_testing import assert_resume_exact, run_quietly
 
 STEPS, WARMUP, CKPT = 40, 10, 6
 BASE = ["workload=sparse_parity", "workload.n=10", "workload.k=2", "workload.n_train=256", "workload.n_val=128",
@@ -60,83 +55,26 @@ OPTIMIZERS = {
 }
 
 
-class Killed(Exception):
-    """Stands for SIGKILL: nothing after it runs, nothing is checkpointed."""
-
-
-def _rows(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "wall")}
-            for line in path.read_text().splitlines()]
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    from trainlab.rundir.checkpoints import load
-
-    return load(run / "checkpoints")["model"]
-
-
-def _run(out: Path, overrides: list[str], **kwargs) -> Path:
-    return trainlab.run(overrides=overrides, out=out, quiet=True, report=False, **kwargs)
-
-
-def _interrupted(out: Path, overrides: list[str], at: int, how: str, monkeypatch) -> None:
-    """Run ``overrides`` into ``out`` until step ``at``: killed there (``kill``) or asked to stop (``stop``)."""
-    real_step = runlog.RunLog.step
-    stop_asked = []
-
-    def step(self, step: int, loss) -> None:
-        real_step(self, step, loss)
-        if step == at:
-            if how == "kill":
-                raise Killed
-            stop_asked.append(step)  # what a signal handler does: the loop reads it before the next step
-
-    with monkeypatch.context() as m:
-        m.setattr(runlog.RunLog, "step", step)
-        if how == "kill":
-            with pytest.raises(Killed):
-                _run(out, overrides)
-        else:
-            m.setattr(StopFlag, "agreed", lambda self, env: bool(stop_asked))
-            _run(out, overrides)
-            assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
-
-
-def assert_resume_exact(tmp_path: Path, overrides: list[str], monkeypatch, kills=KILL_STEPS, how: str = "kill"):
-    whole = _run(tmp_path / "whole", overrides)
-    for at in kills:
-        out = tmp_path / f"{how}-{at}"
-        _interrupted(out, overrides, at, how, monkeypatch)
-        _run(None, [], resume=out)
-        for name in ("metrics.jsonl", "trace.jsonl"):
-            expected, got = _rows(whole / name), _rows(out / name)
-            assert len(got) == len(expected), f"{name}: {len(got)} rows after a {how} at step {at}, not {len(expected)}"
-            for want, row in zip(expected, got):
-                assert row == want, f"{name} differs at step {row.get('step')} after a {how} at step {at}"
-        for key, value in _weights(whole).items():
-            assert torch.equal(_weights(out)[key], value), f"weights {key} differ after a {how} at step {at}"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule", [s for s in schedule_names() if s != "refined"])
 def test_every_schedule_resumes_exactly(schedule, tmp_path, monkeypatch):
     overrides = [*BASE, "optimizer=adamw", f"schedule={schedule}", f"schedule.warmup={WARMUP}",
                  *SCHEDULE_OPTIONS.get(schedule, [])]
-    assert_resume_exact(tmp_path, overrides, monkeypatch)
+    assert_resume_exact(tmp_path, overrides, monkeypatch, KILL_STEPS)
 
 
 @pytest.mark.slow
 def test_refined_schedule_resumes_exactly(tmp_path, monkeypatch):
-    source = _run(tmp_path / "source", [*BASE, "optimizer=adamw"])
+    source = run_quietly(tmp_path / "source", [*BASE, "optimizer=adamw"])
     overrides = [*BASE, "optimizer=adamw", "schedule=refined", f"schedule.from_run={source}"]
-    assert_resume_exact(tmp_path / "refined", overrides, monkeypatch)
+    assert_resume_exact(tmp_path / "refined", overrides, monkeypatch, KILL_STEPS)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_family_resumes_exactly(name, tmp_path, monkeypatch):
     overrides = [*BASE, *OPTIMIZERS[name], "schedule=wsd", f"schedule.warmup={WARMUP}"]
-    assert_resume_exact(tmp_path, overrides, monkeypatch)
+    assert_resume_exact(tmp_path, overrides, monkeypatch, KILL_STEPS)
 
 
 def test_a_stop_request_checkpoints_where_it_stops_and_resumes_exactly(tmp_path, monkeypatch):

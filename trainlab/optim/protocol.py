@@ -11,6 +11,11 @@ Three optional capabilities, each a :class:`typing.Protocol` an optimizer implem
   not synchronised across processes).
 - :class:`SelfScheduling` -- ``current_lr()``: optimizers that set their own learning rate (AutoLRS). The value
   logged as ``lr`` is then theirs (the lr of the last step taken), not the configured schedule's.
+- :class:`TaskAware` -- ``end_task(task, gradients)``: continual-learning optimizers that keep something of each
+  finished task (OGD's and SketchOGD's gradient subspace, Farajtabar et al. 2020, Wright et al. 2023). In a
+  task sequence the loop calls it after a task's last step; ``gradients()`` yields, per training example of that
+  task, the gradients of its true class's logit as a list aligned with the optimizer's parameters (None for a
+  parameter the logit does not depend on).
 
 :func:`capabilities` reads them once, when a run is built; the loop never probes an optimizer with ``getattr``.
 """
@@ -18,9 +23,11 @@ Three optional capabilities, each a :class:`typing.Protocol` an optimizer implem
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
-__all__ = ["ModeSwitching", "LossObserving", "SelfScheduling", "Capabilities", "capabilities"]
+from torch import Tensor
+
+__all__ = ["ModeSwitching", "LossObserving", "SelfScheduling", "TaskAware", "Capabilities", "capabilities"]
 
 
 @runtime_checkable
@@ -46,6 +53,13 @@ class SelfScheduling(Protocol):
     def current_lr(self) -> float: ...
 
 
+@runtime_checkable
+class TaskAware(Protocol):
+    """Told when a task of a sequence ends, with a way to compute that task's logit gradients."""
+
+    def end_task(self, task: int, gradients: Callable[[], Iterable[list[Tensor | None]]]) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """Which parts of the protocol one optimizer implements (read once by :func:`capabilities`)."""
@@ -54,6 +68,7 @@ class Capabilities:
     modes: bool = False
     observes_loss: bool = False
     sets_own_lr: bool = False
+    task_aware: bool = False
 
     def train_mode(self) -> None:
         if self.modes:
@@ -67,6 +82,10 @@ class Capabilities:
         if self.observes_loss:
             self.optimizer.observe_loss(loss)
 
+    def end_task(self, task: int, gradients: Callable[[], Iterable[list[Tensor | None]]]) -> None:
+        if self.task_aware:
+            self.optimizer.end_task(task, gradients)
+
     def own_lr(self) -> float | None:
         """The optimizer's own lr of its last step, or None when the configured schedule sets the lr."""
         return float(self.optimizer.current_lr()) if self.sets_own_lr else None
@@ -74,11 +93,11 @@ class Capabilities:
     def names(self) -> list[str]:
         """The implemented parts, for messages (e.g. why a strategy cannot wrap this optimizer)."""
         return [name for name, on in (("train()/eval()", self.modes), ("observe_loss()", self.observes_loss),
-                                      ("current_lr()", self.sets_own_lr)) if on]
+                                      ("current_lr()", self.sets_own_lr), ("end_task()", self.task_aware)) if on]
 
 
 def capabilities(optimizer: Any) -> Capabilities:
     """The parts of the protocol ``optimizer`` implements."""
     return Capabilities(optimizer, modes=isinstance(optimizer, ModeSwitching),
                         observes_loss=isinstance(optimizer, LossObserving),
-                        sets_own_lr=isinstance(optimizer, SelfScheduling))
+                        sets_own_lr=isinstance(optimizer, SelfScheduling), task_aware=isinstance(optimizer, TaskAware))

@@ -26,6 +26,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from trainlab import models, optim, schedules, workloads
+from trainlab.continual.options import ContinualOptions, check_continual
 from trainlab.config import ConfigError, build_options, load_yaml_file, option, seed_option, to_plain
 from trainlab.errors import quote_path, shorten
 from trainlab.registry import Registry, UnknownNameError
@@ -205,9 +206,11 @@ def check_dist(options: DistOptions) -> None:
                                               f"the next one starts")
 
 
-SECTIONS: dict[str, type] = {"loss": LossOptions, "param": ParamOptions, "probes": ProbeOptions, "dist": DistOptions}
+SECTIONS: dict[str, type] = {"loss": LossOptions, "param": ParamOptions, "probes": ProbeOptions, "dist": DistOptions,
+                             "continual": ContinualOptions}
 # the key a section's bare value sets: `probes=weights,hessian` is `probes.names=weights,hessian`
-SECTION_VALUE_KEY = {"loss": "function", "param": "init", "probes": "names", "dist": "strategy"}
+SECTION_VALUE_KEY = {"loss": "function", "param": "init", "probes": "names", "dist": "strategy",
+                     "continual": "method"}
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainOptions))
 # Options that may change when resuming without breaking bit-identical continuation.
@@ -240,6 +243,7 @@ class RunConfig:
     param: ParamOptions = field(default_factory=ParamOptions)
     probes: ProbeOptions = field(default_factory=ProbeOptions)
     dist: DistOptions = field(default_factory=DistOptions)
+    continual: ContinualOptions = field(default_factory=ContinualOptions)
     # components taken from the workload's recipe because no layer named one (said in config.yaml and at start)
     from_recipe: tuple[str, ...] = field(default=(), compare=False)
 
@@ -431,13 +435,14 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
     sections = {name: build_options(cls, merged.get(name, {}), prefix=name) for name, cls in SECTIONS.items()}
     _check_probe_names(sections["probes"])
     check_dist(sections["dist"])
+    check_sequence(wl_cls, workload, train, sections)
     if sections["loss"].grokalign > 0 and sections["dist"].strategy == "fsdp":
         raise ConfigError("loss.grokalign", "needs a double backward, which fsdp cannot give (its post-backward hooks "
                                             "free the gathered parameters the second backward reads); use "
                                             "dist.strategy=ddp")
     train = replace(
         train,
-        steps=train.steps if train.steps is not None else wl_cls.default_steps,
+        steps=train.steps if train.steps is not None else wl_cls.budget(workload.options),
         eval_every=train.eval_every if train.eval_every is not None else wl_cls.default_eval_every,
         batch_size=train.batch_size if train.batch_size is not None else wl_cls.default_batch_size,
         threshold=train.threshold if train.threshold is not None else wl_cls.threshold,
@@ -452,6 +457,23 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
     # A schedule whose options do not fit the step budget is a config error, found now rather than later.
     schedules.build(schedule.name, train.steps, **schedule.kwargs())
     return RunConfig(workload, model, optimizer, schedule, train, **sections, from_recipe=tuple(from_recipe))
+
+
+def check_sequence(wl_cls: type[workloads.Workload], workload: Component, train: TrainOptions, sections: dict[str, Any]) -> None:
+    """Rules of task-sequence workloads: the ``continual`` section applies to them only; their length is the sum
+    of their tasks' budgets; they train in one process."""
+    from trainlab.continual.sequence import TaskSequence
+
+    sequence = issubclass(wl_cls, TaskSequence)
+    check_continual(sections["continual"], sequence)
+    if not sequence:
+        return
+    budget = wl_cls.budget(workload.options)
+    if train.steps is not None and train.steps != budget:
+        raise ConfigError("steps", f"a task sequence trains workload.steps_per_task x tasks = {budget} steps; change "
+                                   f"workload.steps_per_task instead of steps={train.steps}")
+    if sections["dist"] != DistOptions():
+        raise ConfigError("dist", "task sequences train in one process (the default dist section)")
 
 
 def _check_probe_names(options: ProbeOptions) -> None:

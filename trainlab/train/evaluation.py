@@ -50,13 +50,17 @@ def evaluate(t: Training, s: TrainState, wall: float) -> dict[str, Any]:
         t.hooks.eval_mode()
     t.model.eval()
     with t.strategy.eval_weights():  # DiLoCo: the global model
-        train_loss, train_metric = evaluate_split(t, t.data.x_train, t.data.y_train)
-        val_loss, val_metric = evaluate_split(t, t.data.x_val, t.data.y_val)
+        if t.continual is not None:  # a task sequence: per task, on the current task and the tasks seen so far
+            scores = t.continual.evaluate(t.model, s.step, t.autocast)
+        else:
+            train_loss, train_metric = evaluate_split(t, t.data.x_train, t.data.y_train)
+            val_loss, val_metric = evaluate_split(t, t.data.x_val, t.data.y_val)
+            scores = {"train_loss": train_loss, f"train_{metric}": train_metric, "val_loss": val_loss,
+                      f"val_{metric}": val_metric}
     t.model.train()
     if switch:
         t.hooks.train_mode()
-    row = {**timing_row(t, s, wall), "train_loss": train_loss, f"train_{metric}": train_metric,
-           "val_loss": val_loss, f"val_{metric}": val_metric}
+    row = {**timing_row(t, s, wall), **scores}
     if s.grad_norm is not None:
         row["grad_norm"] = float(s.grad_norm)
     if t.strategy.active:

@@ -60,7 +60,7 @@ def train_loop(t: Training, s: TrainState, rd: RunDir, log: RunLog, stop: StopFl
     t_seg = time.perf_counter()
     while True:
         fresh = not (s.step == start and start > 0)  # a resumed run does not repeat its checkpoint's row
-        due = Pause(evaluating=(s.step % eval_every == 0 or s.step == steps) and fresh,
+        due = Pause(evaluating=(s.step % eval_every == 0 or s.step == steps or s.step in t.eval_steps) and fresh,
                     probing=t.prober.due(s.step) and fresh and t.env.is_main,
                     saving=ckpt_every > 0 and s.step % ckpt_every == 0 and s.step not in (start, steps),
                     stopping=stop.agreed(t.env))
@@ -204,8 +204,12 @@ def train_step(t: Training, s: TrainState) -> Tensor:
     t.set_lrs(step)
     idx = t.sampler.indices(step)
     x, y = t.data.x_train[idx], t.data.y_train[idx]
+    if t.continual is not None:
+        t.continual.before_step(idx)
     with t.autocast():
         losses, penalty = t.objective(t.net, x, y, idx)
+        if t.continual is not None:  # a continual method's term (EWC's quadratic penalty)
+            penalty = _add(penalty, t.continual.penalty(t.model))
     t.optimizer.zero_grad(set_to_none=True)
     total = batch_loss(t, losses, step, len(idx))
     (total if penalty is None else total + penalty).backward()
@@ -221,8 +225,14 @@ def train_step(t: Training, s: TrainState) -> Tensor:
     t.hooks.observe(loss)  # self-tuning optimizers (AutoLRS) steer by the training loss they produced
     if t.cfg.train.trace:  # kept on the device; read at the next pause of the clock, so no per-step sync
         s.trace.append((step, t.logged_lr(step), loss, grad_norm))  # type: ignore[arg-type]
+    if t.continual is not None:  # the method's per-step work; at a task's last step, its end-of-task work
+        t.continual.after_step(step, idx, t.model, t.hooks)
     s.step += 1
     return loss
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    return b if a is None else a if b is None else a + b
 
 
 def batch_loss(t: Training, losses: Tensor, step: int, local_examples: int) -> Tensor:

@@ -76,6 +76,8 @@ def checkpoint_payload(t: Training, s: TrainState, wall: float) -> dict[str, Any
                "events": [e.to_dict() for e in s.tracker.events], "event_state": dict(s.tracker.state),
                "objective": t.objective.state_dict(), "probe_initial": t.prober.initial,
                "world_size": strategy.world_size, "strategy_name": strategy.name, "config": t.cfg.to_plain()}
+    if t.continual is not None:  # the method's buffers and Fishers
+        payload["continual"] = t.continual.state_dict()
     if strategy.per_rank_state and strategy.world_size > 1:
         # DiLoCo's workers hold different weights and inner-optimizer states between outer steps: keep each.
         # (gather_object pickles over the process group between this run's own processes; files never are.)
@@ -173,6 +175,8 @@ def restore(t: Training, payload: dict[str, Any]) -> TrainState:
         strategy.load_optimizer_state(t.model, t.optimizer, local["optimizer"])
         strategy.load_state_dict(local.get("strategy", {}))
         t.objective.load_state_dict(payload.get("objective", {}))
+        if t.continual is not None:
+            t.continual.load_state_dict(payload.get("continual", {}))
         torch.set_rng_state(payload["rng"]["torch"])
         if "cuda" in payload["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
@@ -195,7 +199,7 @@ _PAYLOAD: dict[str, tuple[str, bool]] = {
     "events": ("list", True), "model": ("mapping", True), "optimizer": ("mapping", True),
     "event_state": ("mapping", False), "strategy": ("mapping", False), "objective": ("mapping", False),
     "probe_initial": ("mapping", False), "config": ("mapping", False), "strategy_name": ("string", False),
-    "world_size": ("int", False), "ranks": ("list", False),
+    "world_size": ("int", False), "ranks": ("list", False), "continual": ("mapping", False),
 }
 # kind -> (the types it allows, how a message names it)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -335,7 +339,7 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str
     changes = []
     for key in sorted(set(saved) | set(now)):
         before, after = saved.get(key), now.get(key)
-        if key in RESUMABLE_KEYS or before == after:
+        if key in RESUMABLE_KEYS or before == after or key not in saved:  # (a section added since: its defaults)
             continue
         if isinstance(before, dict) and isinstance(after, dict):
             changes += [(f"{key}.{sub}", before.get(sub), after.get(sub)) for sub in sorted(set(before) | set(after))

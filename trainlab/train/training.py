@@ -31,6 +31,8 @@ from trainlab.losses.objective import Objective, n_classes_of
 from trainlab.models.setup import apply_param_options, optimizer_params
 from trainlab.optim.protocol import Capabilities, capabilities
 from trainlab.train.config import RunConfig
+from trainlab.continual.controller import Continual, MaskedHead
+from trainlab.continual.sequence import TaskSampler, TaskSequence
 from trainlab.train.data import BatchSampler
 from trainlab.train.prober import Prober
 from trainlab.workloads.base import Dataset, Workload
@@ -49,12 +51,14 @@ class Training:
     optimizer: torch.optim.Optimizer
     hooks: Capabilities  # what the optimizer offers the loop beyond step() (trainlab.optim.protocol)
     strategy: strategies.Strategy
-    sampler: BatchSampler
+    sampler: BatchSampler | TaskSampler
     objective: Objective
     prober: Prober
     autocast: Callable[[], contextlib.AbstractContextManager]
     base_lrs: tuple[float, ...]  # per parameter group: configured lr x parametrisation multiplier
     schedule: Callable[[int], float]  # step -> lr multiplier
+    continual: Continual | None = None  # a task sequence's tasks, method and per-task evaluation
+    eval_steps: frozenset[int] = frozenset()  # evaluations beyond every eval_every (a sequence's task switches)
 
     @property
     def steps(self) -> int:
@@ -137,13 +141,25 @@ def build_training(cfg: RunConfig, env: DistEnv) -> Training:
         objective = Objective(cfg.loss, workload, model, n_train=data.n_train, n_classes=n_classes_of(spec),
                               distributed=env.distributed or strategy.world_size > 1, compiled=t.compile)
         assert t.steps is not None and t.batch_size is not None and t.eval_every is not None
+        sampler: BatchSampler | TaskSampler = BatchSampler(data.n_train, t.batch_size, t.seed, env.rank,
+                                                           env.world_size)
+        continual = None
+        if isinstance(workload, TaskSequence):
+            tasks = workload.tasks(kind)  # type: ignore[arg-type]
+            sampler = TaskSampler(tasks, t.batch_size, t.seed, env.rank, env.world_size)
+            continual = Continual(workload, data, tasks, spec.n_outputs, cfg.continual, loss=objective.primary,
+                                  seed=t.seed, device=env.device, total_steps=t.steps)
+            continual.attach(sampler)
+            if continual.masks_training:
+                net = MaskedHead(net, continual)
         return Training(
             cfg=cfg, env=env, workload=workload, data=data, model=model, net=net, optimizer=optimizer, hooks=hooks,
-            strategy=strategy, sampler=BatchSampler(data.n_train, t.batch_size, t.seed, env.rank, env.world_size),
-            objective=objective, prober=Prober(cfg.probes, t.steps, t.eval_every, loss_fn=objective.primary, data=data),
+            strategy=strategy, sampler=sampler, objective=objective,
+            prober=Prober(cfg.probes, t.steps, t.eval_every, loss_fn=objective.primary, data=data),
             autocast=autocast_factory(t.autocast, env.device, dtype),
             base_lrs=tuple(float(g["lr"]) for g in optimizer.param_groups),
             schedule=schedules.build(cfg.schedule.name, t.steps, **cfg.schedule.kwargs()),
+            continual=continual, eval_steps=continual.eval_steps if continual is not None else frozenset(),
         )
     except BaseException:
         strategy.finish()  # a one-process group made for this run goes with it

@@ -10,6 +10,7 @@ from trainlab.workloads import mnist1d  # noqa: E402,F401
 from trainlab.workloads import charlm  # noqa: E402,F401
 from trainlab.workloads import regression  # noqa: E402,F401
 from trainlab.workloads import vision  # noqa: E402,F401
+from trainlab.continual import sequences  # noqa: E402,F401  (task sequences are workloads too)
 from trainlab.workloads.base import Dataset, DataSpec, RegressionWorkload, Workload
 from trainlab.workloads.registry import WORKLOADS, build, names, register
 

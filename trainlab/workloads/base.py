@@ -90,6 +90,11 @@ class Workload:
     input_kinds: tuple[InputKind, ...] = ("vector",)
 
     @classmethod
+    def budget(cls, options: Any) -> int:
+        """The step budget of a run of this workload with ``options`` when ``steps`` is left unset."""
+        return cls.default_steps
+
+    @classmethod
     def recipe_components(cls) -> dict[str, dict[str, Any]]:
         """The components this workload trains with when the user names none: its default model and recipe."""
         name, options = cls.default_model
