@@ -47,6 +47,7 @@ examples:
   trainlab list workloads
   trainlab list optimizers
   trainlab list models --options
+  trainlab list methods --options      # continual learning: each method's paper and continual.* options
 """
 
 LAW_EXAMPLES = """\
@@ -226,9 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip plots and report.html at the end")
 
     lst = sub.add_parser("list", help="list registered components", epilog=LIST_EXAMPLES, formatter_class=fmt,
-                         description="List the registered workloads, models, optimizers, schedules, probes or "
-                                     "distributed strategies.")
-    lst.add_argument("what", choices=["workloads", "models", "optimizers", "schedules", "probes", "strategies"])
+                         description="List the registered workloads, models, optimizers, schedules, probes, "
+                                     "distributed strategies or continual-learning methods.")
+    lst.add_argument("what", choices=["workloads", "models", "optimizers", "schedules", "probes", "strategies",
+                                      "methods"])
     lst.add_argument("--options", action="store_true", help="also show each component's options and defaults")
 
     exp = sub.add_parser("export", help="write a run's final weights as safetensors", epilog=EXPORT_EXAMPLES,
@@ -368,7 +370,37 @@ def _list_optimizers(registry: Registry[Any], options: bool) -> None:
 # What `trainlab list WHAT` shows: (module, registry). Importing only that package keeps `list workloads` from
 # importing the optimizers (and pytorch_optimizer), as importing the run configuration would.
 REGISTRIES = {"workloads": ("trainlab.workloads", "WORKLOADS"), "models": ("trainlab.models", "MODELS"),
-              "optimizers": ("trainlab.optim", "OPTIMIZERS"), "schedules": ("trainlab.schedules", "SCHEDULES")}
+              "optimizers": ("trainlab.optim", "OPTIMIZERS"), "schedules": ("trainlab.schedules", "SCHEDULES"),
+              "methods": ("trainlab.continual.methods", "METHODS")}
+
+
+def _list_methods(registry: Registry[Any], options: bool) -> None:
+    """Each continual-learning method; with ``options``, its paper and the ``continual.*`` options it owns
+    (``OPTION_OWNERS``), then the options every method shares."""
+    from trainlab.config import describe_options
+    from trainlab.continual.options import OPTION_OWNERS, ContinualOptions
+
+    rows = {name: (type_name, default, help_text) for name, type_name, default, help_text
+            in describe_options(ContinualOptions)}
+
+    def show(key: str) -> None:
+        type_name, default, help_text = rows[key]
+        print(f"    continual.{key} = {default!r}  ({type_name}) {help_text}")
+
+    width = max(len(e.name) for e in registry)
+    for entry in registry:
+        print(f"{entry.name:<{width}}  {entry.summary}")
+        if options:
+            if entry.meta.get("paper"):
+                print(f"    paper: {entry.meta['paper']}")
+            for key, owners in OPTION_OWNERS.items():
+                if entry.name in owners:
+                    show(key)
+    if options:
+        print("\noptions of every method (continual.method=NAME selects one):")
+        for key in rows:
+            if key != "method" and key not in OPTION_OWNERS:
+                show(key)
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
@@ -400,6 +432,9 @@ def cmd_list(ns: argparse.Namespace) -> int:
         return 0
     module, attribute = REGISTRIES[ns.what]
     registry = getattr(importlib.import_module(module), attribute)
+    if ns.what == "methods":
+        _list_methods(registry, ns.options)
+        return 0
     if ns.what == "optimizers":
         try:
             _list_optimizers(registry, ns.options)

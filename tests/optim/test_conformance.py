@@ -51,6 +51,8 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
     # trainlab
     "lion": ({"lr": 3e-4}, _SLOW_SIGN),
     "coordclip": ({"lr": 0.1}, "its default base is SGD: " + _SLOW_SGD),
+    "ogd": ({"lr": 0.1}, "its default base is SGD (the paper's): " + _SLOW_SGD),
+    "sketchogd": ({"lr": 0.1}, "its default base is SGD (the paper's): " + _SLOW_SGD),
     "radam_schedulefree": ({"lr": 0.01}, _RECTIFIED),
     "dualized": ({"lr": 0.02}, ("its steps have a fixed modular norm lr=0.1, larger than the start's distance from "
                                 "the teacher (~0.1 in spectral norm): without a decaying schedule it oscillates")),

@@ -117,3 +117,67 @@ def test_detector_state_from_a_file_is_checked():
     with pytest.raises(ValueError, match="has 'in_spike' of type str"):
         EventTracker("acc", True, 0.9, [], {"in_spike": "yes"})
     assert check_state({"min_loss": 0.5, "unknown": object}) == {"min_loss": 0.5, "unknown": object}
+
+
+def _task_rows(accs, tasks):
+    """Rows of a two-task sequence at steps 0, 10, 20, ...: ``accs`` the (task0, task1) accuracies per row."""
+    return [{"step": 10 * i, "time": float(i), "task": task, "task0_acc": a0, "task1_acc": a1}
+            for i, ((a0, a1), task) in enumerate(zip(accs, tasks))]
+
+
+def _sequence_tracker(rows, gap_threshold):
+    tracker = EventTracker("acc", True, 0.99, gap_threshold=gap_threshold)
+    for row in rows:
+        tracker.update(row)
+    return tracker
+
+
+def test_a_stability_gap_fires_once_per_switch_when_an_old_task_falls_the_threshold():
+    rows = _task_rows([(0.1, 0.1), (0.9, 0.0), (0.75, 0.5), (0.625, 0.8), (0.5, 0.9), (0.9, 0.95)],
+                      [0, 0, 1, 1, 1, 1])
+    tracker = _sequence_tracker(rows, 0.125)
+    # the switch row (step 20, task 0 at 0.75) is the reference: 0.625 is 0.125 below it, at step 30
+    [gap] = [e for e in tracker.events if e.name == "stability_gap"]
+    assert (gap.step, gap.metric, gap.value) == (30, "task0_acc", 0.625)
+    assert gap.detail == "task 0 acc 0.625, 0.125 below its 0.75 at the switch to task 1"
+    assert tracker.summary()["stability_gap_count"] == 1
+
+
+def test_the_gap_threshold_comes_from_the_tracker_and_a_shallow_dip_fires_nothing():
+    rows = _task_rows([(0.9, 0.0), (0.9, 0.1), (0.82, 0.5), (0.9, 0.9)], [0, 1, 1, 1])
+    assert not [e for e in _sequence_tracker(rows, 0.1).events if e.name == "stability_gap"]
+    assert [e.step for e in _sequence_tracker(rows, 0.05).events if e.name == "stability_gap"] == [20]
+
+
+def test_the_deepest_old_task_is_named_and_the_others_counted():
+    rows = [{"step": 0, "time": 0.0, "task": 2, "task0_acc": 0.9, "task1_acc": 0.8, "task2_acc": 0.0},
+            {"step": 1, "time": 0.1, "task": 2, "task0_acc": 0.5, "task1_acc": 0.2, "task2_acc": 0.3}]
+    [gap] = _sequence_tracker(rows, 0.1).events
+    assert gap.metric == "task1_acc" and gap.detail.endswith("at the switch to task 2; 2 of 2 old tasks fell that far")
+
+
+def test_the_gap_detector_survives_a_checkpoint_between_switch_and_drop():
+    rows = _task_rows([(0.9, 0.0), (0.88, 0.2), (0.87, 0.5), (0.6, 0.8), (0.3, 0.9)], [0, 1, 1, 1, 1])
+    whole = _sequence_tracker(rows, 0.1)
+    first = _sequence_tracker(rows[:3], 0.1)
+    second = EventTracker("acc", True, 0.99, [e.to_dict() for e in first.events], dict(first.state),
+                          gap_threshold=0.1)
+    for row in rows[3:]:
+        second.update(row)
+    assert [e.to_dict() for e in second.events] == [e.to_dict() for e in whole.events]
+    assert [e.step for e in whole.events if e.name == "stability_gap"] == [30]
+
+
+def test_gap_state_from_a_file_is_checked():
+    with pytest.raises(ValueError, match="has a 'switch_acc' entry of type str"):
+        EventTracker("acc", True, 0.9, [], {"switch_acc": [0.5, "high"]})
+    with pytest.raises(ValueError, match="has 'gap_open' of type int"):
+        EventTracker("acc", True, 0.9, [], {"gap_open": 1})
+
+
+def test_in_a_sequence_the_loss_of_a_new_task_is_no_spike_but_a_spike_within_a_task_is():
+    losses, tasks = [2.0, 0.1, 5.0, 1.0, 0.2, 0.9], [0, 0, 1, 1, 1, 1]
+    rows = [{**r, "train_loss": loss} for r, loss in zip(_task_rows([(0.5, 0.0)] * 6, tasks), losses)]
+    tracker = _sequence_tracker(rows, 0.1)
+    # step 20: the first row of task 1 (5.0 > 2 x 0.1, but task 1 was never learned); step 50: 0.9 > 2 x 0.2
+    assert [e.step for e in tracker.events if e.name == "loss_spike"] == [50]

@@ -10,7 +10,7 @@ evaluation, and the loop calls it at four points:
   end-of-task work (EWC's Fisher; OGD's stored gradients through the optimizer protocol);
 - :meth:`Continual.evaluate`: columns of every metrics row -- each task's validation accuracy and loss
   (``task{j}_acc``, ``task{j}_loss``, on at most ``continual.eval_examples`` examples per task), the mean over
-  the tasks seen so far (``seen_acc``) and the current task (``task``).
+  the tasks seen so far (``val_acc``) and the current task (``task``).
 
 Evaluation is also dense right after every switch (:attr:`Continual.eval_steps`), so the stability gap (De Lange
 et al. 2023) shows in the rows.
@@ -66,7 +66,8 @@ class Continual:
         finished = self.ends.get(step + 1)
         if finished is not None:
             self.method.end_task(finished, model)
-            optimizer_hooks.end_task(finished, lambda: self.logit_gradients(model, finished))
+            if finished < len(self.tasks) - 1:  # after the last task nothing is trained that could use it
+                optimizer_hooks.end_task(finished, lambda: self.logit_gradients(model, finished))
 
     def evaluate(self, model: nn.Module, step: int, autocast: Any) -> dict[str, Any]:
         """The evaluation columns of the metrics row of step ``step``: ``train_loss``/``train_acc`` on the current
@@ -132,11 +133,13 @@ class Continual:
         mask[classes.to(self.device)] = True
         return mask
 
-    def logit_gradients(self, model: nn.Module, task: int, samples: int = 200) -> Iterator[list[Tensor]]:
-        """Per-example gradients of the true class's logit with respect to every trainable parameter, for up to
-        ``samples`` training examples of task ``task`` (OGD's stored directions; Farajtabar et al. 2020)."""
+    def logit_gradients(self, model: nn.Module, task: int) -> Iterator[list[Tensor]]:
+        """Per-example gradients of the true class's logit with respect to every trainable parameter, for the
+        training examples of task ``task`` in a seeded random order (OGD's stored directions; Farajtabar et al.
+        2020). Lazy: the optimizer takes as many as it keeps."""
         data = self.method.ctx.data
-        rows = self.tasks[task].train[:samples]
+        rows = self.tasks[task].train
+        rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(self.method.ctx.seed + task))]
         params = [p for p in model.parameters() if p.requires_grad]
         for r in rows.tolist():
             x, y = data.x_train[r:r + 1], data.y_train[r:r + 1]

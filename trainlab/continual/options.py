@@ -34,12 +34,18 @@ class ContinualOptions:
     ewc_lambda: float = option(100.0, ge=0.0, help="ewc: weight of the quadratic penalty (lambda/2) F (theta - "
                                                    "theta*)^2")
     ewc_samples: int = option(200, ge=1, help="ewc: training examples the diagonal Fisher of a task is estimated on")
-    ewc_gamma: float = option(1.0, ge=0.0, le=1.0, help="ewc: decay of the old Fisher when a new one is added "
-                                                        "(online EWC; 1: sum of all tasks' penalties)")
-    refresh_lr: float = option(0.01, gt=0.0, help="refresh: size of the unlearning (gradient ascent) step")
+    ewc_gamma: float = option(1.0, ge=0.0, le=1.0, help="ewc: decay of the old Fisher when a task's is added, F <- "
+                                                        "gamma F + F_t, anchored at the latest parameters (online "
+                                                        "EWC; 1: the Fishers' sum)")
+    refresh_lr: float = option(0.01, gt=0.0, help="refresh: size of the unlearning (gradient ascent) step, before "
+                                                  "its rescaling to the parameters' norm (which cancels it)")
     refresh_delta: float = option(1e-5, gt=0.0, help="refresh: size of the refresh update")
     refresh_fisher: float = option(0.001, ge=0.0, help="refresh: weight of the Fisher in (1 + c F)^-1")
     refresh_noise: float = option(0.001, ge=0.0, help="refresh: scale of the Gaussian noise of the refresh update")
+    refresh_samples: int = option(0, ge=0, help="refresh: training examples of a task its Fisher is estimated on "
+                                                "(0: all of them, as the reference code)")
+    refresh_decay: float = option(1e-5, ge=0.0, le=1.0, help="refresh: decay of the old Fisher when a task's is "
+                                                             "added, F <- decay F + F_t (the reference's tau)")
     eval_examples: int = option(500, ge=1, help="validation examples per task in each evaluation (De Lange et al. "
                                                 "use at most 1000)")
     dense_per_decade: int = option(8, ge=0, help="after each task switch, extra evaluations at this many "
@@ -54,7 +60,7 @@ OPTION_OWNERS: dict[str, tuple[str, ...]] = {
     "power_law_exponent": ("power_law",),
     "ewc_lambda": ("ewc",), "ewc_samples": ("ewc",), "ewc_gamma": ("ewc",),
     "refresh_lr": ("refresh",), "refresh_delta": ("refresh",), "refresh_fisher": ("refresh",),
-    "refresh_noise": ("refresh",),
+    "refresh_noise": ("refresh",), "refresh_samples": ("refresh",), "refresh_decay": ("refresh",),
 }
 
 

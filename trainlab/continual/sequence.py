@@ -159,7 +159,8 @@ class TaskSampler:
         per_epoch = len(rows) // self.batch_size
         epoch, pos = divmod(step - self.starts[i], per_epoch)
         if self._key != (i, epoch):
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + i) * 1_000_003 + epoch)
+            # (mod 2^63: a 32-bit seed times the two factors would overflow the generator's seed)
+            gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + i) * 1_000_003 + epoch) % 2**63)
             self._perm, self._key = rows[torch.randperm(len(rows), generator=gen)], (i, epoch)
         return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
 

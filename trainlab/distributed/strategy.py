@@ -277,7 +277,7 @@ class Zero1Strategy(DDPStrategy):
         # their groups); ZeRO then re-builds it per partition from those groups, hyperparameters included.
         probe = Strategy.build_optimizer(self, name, params, kwargs)
         offers = capabilities(probe)
-        if offers.modes or offers.observes_loss:  # ZeroRedundancyOptimizer would not forward these calls
+        if offers.modes or offers.observes_loss or offers.task_aware:  # ZeroRedundancyOptimizer would not forward these calls
             raise ConfigError("optimizer", f"{name} offers {' and '.join(offers.names())} (trainlab.optim.protocol), "
                                            "which ZeroRedundancyOptimizer does not pass on; use dist.strategy=ddp "
                                            "or fsdp")

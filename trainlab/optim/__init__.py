@@ -26,8 +26,11 @@ from trainlab.optim import schedule_free  # noqa: F401
 from trainlab.optim.muon import Muon
 from trainlab.optim.modular_duality import Dualized
 from trainlab.optim.agd import AGD
+# --- continual learning (task-aware wrappers: trainlab.optim.protocol.TaskAware) ---
+from trainlab.optim.ogd import OGD
+from trainlab.optim.sketchogd import SketchOGD
 # --- other packages (a lazy source: registered at the first lookup of a name not above) ---
 from trainlab.optim import external  # noqa: F401
 
-__all__ = ["AGD", "AutoLRS", "CoordClip", "DiffGrad", "Dualized", "Lamb", "Lion", "Muon", "OPTIMIZERS", "PerpGrad",
-           "build", "names", "options_from_signature", "resolve_options"]
+__all__ = ["AGD", "AutoLRS", "CoordClip", "DiffGrad", "Dualized", "Lamb", "Lion", "Muon", "OGD", "OPTIMIZERS", "PerpGrad",
+           "SketchOGD", "build", "names", "options_from_signature", "resolve_options"]

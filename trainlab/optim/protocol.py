@@ -13,7 +13,7 @@ Three optional capabilities, each a :class:`typing.Protocol` an optimizer implem
   logged as ``lr`` is then theirs (the lr of the last step taken), not the configured schedule's.
 - :class:`TaskAware` -- ``end_task(task, gradients)``: continual-learning optimizers that keep something of each
   finished task (OGD's and SketchOGD's gradient subspace, Farajtabar et al. 2020, Wright et al. 2023). In a
-  task sequence the loop calls it after a task's last step; ``gradients()`` yields, per training example of that
+  task sequence the loop calls it after the last step of every task but the last; ``gradients()`` yields, per training example of that
   task, the gradients of its true class's logit as a list aligned with the optimizer's parameters (None for a
   parameter the logit does not depend on).
 

@@ -9,6 +9,12 @@ records.
 A run that used probes gets a "Probes" section: each probe's cost (calls, seconds, seconds per call and share of
 the training time, from ``summary.json``'s ``probes.cost``), the probes skipped and why, and one figure per
 probe (:mod:`trainlab.report.probe_plots`); the comparison page overlays the probe keys several runs share.
+
+A task sequence gets a "Continual learning" section (from ``summary.json``'s ``continual`` entry,
+:mod:`trainlab.continual.metrics`): ACC, BWT, FWT, forgetting, min-ACC and WC-ACC, the accuracy matrix as a
+table and a heat-map, each task's accuracy over the steps and around each switch
+(:mod:`trainlab.report.continual_plots`), the stability gaps and the ``stability_gap`` events; the comparison
+page puts the runs' metrics and matrices side by side and their ``val_acc`` on one plot.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any, Iterable, Sequence, TypeGuard
 import numpy as np
 import yaml
 
+from trainlab.report.continual_plots import matrix_rows, plot_compare_continual, plot_continual
 from trainlab.report.output import write_text
 from trainlab.report.plots import _safe, metric_label, plot_compare, plot_run
 from trainlab.report.probe_plots import MAX_COMPARE_FIGURES, plot_compare_probes, plot_probes, shared_probe_keys
@@ -83,10 +90,12 @@ def write_run_report(run_dir: str | Path) -> Path:
     run = load_run(run_dir)
     plots = plot_run(run, run.path / PLOTS)
     probe_plots = plot_probes(run, run.path / PLOTS)
+    continual_plots = plot_continual(run, run.path / PLOTS)
     body = [
         _header(run.name, _run_meta(run)),
         _notes([run]),
         _section("Summary", _summary_table([run])),
+        _continual_section([run], continual_plots),
         _section("Events", _events_table([run], with_run=False)),
         _section("Plots", _figures(plots, run.metric)),
         _probes_section([run], probe_plots),
@@ -109,6 +118,7 @@ def write_compare_report(run_dirs: Sequence[str | Path], out_file: str | Path) -
         figures = _figures(plots, next(iter(metrics)) if len(metrics) == 1 else "")
         probe_plots = plot_compare_probes(runs, Path(tmp) / "probes", shared[:MAX_COMPARE_FIGURES])
         probes = _probes_section(runs, probe_plots, shared=shared)
+        continual = _continual_section(runs, plot_compare_continual(runs, Path(tmp) / "continual"))
     names = ", ".join(run.name for run in runs)
     configs = "".join(
         f"<h3>{_e(run.name)}</h3>{_run_details(run, open_config=False)}" for run in runs
@@ -117,6 +127,7 @@ def write_compare_report(run_dirs: Sequence[str | Path], out_file: str | Path) -
         _header(f"Comparing {len(runs)} run{'s' if len(runs) != 1 else ''}", [_e(names)]),
         _notes(runs),
         _section("Summary", _summary_table(runs)),
+        continual,
         _section("Events", _events_table(runs, with_run=True)),
         _section("Plots", '<p class="meta">One colour per run; solid lines: validation, dashed: train.</p>' + figures),
         probes,
@@ -229,10 +240,13 @@ def _summary_table(runs: Sequence[Run]) -> str:
     )  # fmt: skip
 
 
-def _events_table(runs: Sequence[Run], *, with_run: bool) -> str:
+def _events_table(runs: Sequence[Run], *, with_run: bool, name: str | None = None) -> str:
+    """The runs' events in step order (only those called ``name``, when given)."""
     rows = []
     for run in runs:
         for event in sorted(run.events, key=_event_sort_key):
+            if name is not None and event.get("name") != name:
+                continue
             cells = [_e(run.name)] if with_run else []
             cells += [
                 _e(str(event.get("name", ""))),
@@ -244,7 +258,7 @@ def _events_table(runs: Sequence[Run], *, with_run: bool) -> str:
             ]
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     if not rows:
-        return '<p class="empty">No events recorded.</p>'
+        return f'<p class="empty">No {_e(name) + " " if name else ""}events recorded.</p>'
     heads = (["run"] if with_run else []) + ["event", "step", "time", "value", "metric", "detail"]
     return (
         '<div class="scroll"><table>\n<thead><tr>' + "".join(f"<th>{h}</th>" for h in heads)
@@ -454,6 +468,137 @@ def _probe_skipped_table(runs: Sequence[Run]) -> str:
         '<div class="scroll"><table class="probe-skipped">\n<thead><tr>' + "".join(f"<th>{h}</th>" for h in heads)
         + "</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>"
     )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- continual learning
+
+# The metrics of summary.json's ``continual`` entry: (key, name, what it is); k is the last finished task.
+_CONTINUAL_METRICS = [
+    ("acc", "ACC", "mean accuracy over the tasks seen, at the end of task k: 1/(k+1) Σ_j R[k][j]"),
+    ("bwt", "BWT", "backward transfer: 1/k Σ_{j<k} (R[k][j] − R[j][j]); negative: forgetting"),
+    ("fwt", "FWT", "forward transfer: 1/k Σ_{1≤j≤k} (R[j−1][j] − b[j]), before task j trains"),
+    ("forgetting", "forgetting", "1/k Σ_{j<k} (max_{l<k} R[l][j] − R[k][j]) (Chaudhry et al. 2018)"),
+    ("min_acc", "min-ACC", "each old task's lowest accuracy after it was learned, averaged (De Lange et al. 2023)"),
+    ("wc_acc", "WC-ACC", "worst-case accuracy: A/(k+1) + (1 − 1/(k+1)) min-ACC, A the current task's accuracy at the "
+                         "last evaluation (De Lange et al. 2023)"),
+]
+_CONTINUAL_CAPTIONS = {
+    "continual_matrix": "Accuracy matrix R[i][j]: accuracy on task j (columns) at the end of task i (rows); "
+                        "init: before training (b).",
+    "continual_tasks": "Validation accuracy on each task over the steps; dashed: task switches; triangles: "
+                       "stability_gap events.",
+    "continual_switches": "Around each switch, on a log axis of steps since it (the dense evaluations): each old "
+                          "task's dip below its accuracy at the switch (dotted) and its recovery: the stability gap.",
+    "continual_matrices": "Each run's accuracy matrix (rows: after task i; columns: task j; init: before training).",
+    "continual_val_acc": "val_acc, the mean accuracy over the tasks seen so far, of each run; dashed: task switches.",
+}
+MAX_MATRIX_TABLE_TASKS = 20  # longer sequences get the heat-map only
+MAX_GAP_ROWS = 60  # the stability-gap table shows the deepest gaps up to this many (all are in summary.json)
+
+
+def _continual_section(runs: Sequence[Run], plots: Sequence[Path]) -> str:
+    """Metrics, accuracy matrix, figures, stability gaps and stability_gap events of the runs that are task
+    sequences; empty when none is."""
+    sequences = [run for run in runs if run.continual is not None]
+    if not sequences:
+        return ""
+    parts = [_continual_table(sequences, with_run=len(runs) > 1), _continual_legend()]
+    if len(runs) == 1:
+        entry = sequences[0].continual
+        assert entry is not None
+        parts += ["<h3>Accuracy matrix</h3>", _matrix_table(entry), _figures(plots, "", _CONTINUAL_CAPTIONS),
+                  "<h3>Stability gaps</h3>", _gaps_table(entry),
+                  "<h3>stability_gap events</h3>", _events_table(runs, with_run=False, name="stability_gap")]
+    else:
+        parts.append(_figures(plots, "", _CONTINUAL_CAPTIONS))
+    return _section("Continual learning", "\n".join(parts))
+
+
+def _continual_table(runs: Sequence[Run], *, with_run: bool) -> str:
+    heads = (["run"] if with_run else []) + ["tasks finished"] + [name for _, name, _ in _CONTINUAL_METRICS]
+    heads += ["stability_gap events", "deepest gap"]
+    rows = []
+    for run in runs:
+        entry = run.continual or {}
+        gaps = entry.get("stability_gaps") or []
+        deepest = max((g["depth"] for g in gaps if _is_num(g.get("depth"))), default=None)
+        cells = [f"<td>{_e(run.name)}</td>"] if with_run else []
+        cells.append(f"<td class=num>{len(entry.get('matrix') or [])} of {_e(_int(entry.get('tasks')))}</td>")
+        cells += [_acc_cell(entry.get(key)) for key, _, _ in _CONTINUAL_METRICS]
+        cells += [f"<td class=num>{sum(e.get('name') == 'stability_gap' for e in run.events)}</td>",
+                  _acc_cell(deepest)]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        '<div class="scroll"><table class="continual-metrics">\n<thead><tr>' + "".join(f"<th>{h}</th>" for h in heads)
+        + "</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>"
+    )  # fmt: skip
+
+
+def _continual_legend() -> str:
+    items = "".join(f"<li><strong>{name}</strong>: {_e(what)}</li>" for _, name, what in _CONTINUAL_METRICS)
+    return (
+        '<details><summary>What the metrics are</summary><ul class="meta">'
+        "<li>R[i][j]: accuracy on task j at the end of task i (Lopez-Paz &amp; Ranzato 2017); b[j]: at step 0; "
+        "k: the last finished task (the last of the sequence once it has run to the end).</li>"
+        f"{items}<li>stability gap: an old task's accuracy at a switch minus its lowest while the next task "
+        "trains, and the steps until it is back near its value at the switch.</li></ul></details>"
+    )  # fmt: skip
+
+
+def _matrix_table(entry: dict[str, Any]) -> str:
+    """R under b (row ``init``), each cell an accuracy (its exact value in ``data-value``)."""
+    rows, labels = matrix_rows(entry)
+    count = len(rows[0]) if rows else 0
+    if count > MAX_MATRIX_TABLE_TASKS:
+        return (f'<p class="meta">{count} tasks: too many columns for a table; the heat-map below draws the matrix, '
+                "summary.json holds its numbers (continual.matrix).</p>")
+    heads = "<th>after task \\ task</th>" + "".join(f"<th class=num>{j}</th>" for j in range(count))
+    body = [f"<tr><th>{_e(label)}</th>" + "".join(_acc_cell(v) for v in row) + "</tr>"
+            for label, row in zip(labels, rows)]
+    return (
+        f'<div class="scroll"><table class="continual-matrix">\n<thead><tr>{heads}</tr></thead>\n<tbody>\n'
+        + "\n".join(body) + "\n</tbody></table></div>"
+    )  # fmt: skip
+
+
+def _gaps_table(entry: dict[str, Any]) -> str:
+    """The stability gaps deeper than the recovery tolerance (an old task already forgotten at a switch has none
+    to show), the deepest :data:`MAX_GAP_ROWS` of them in switch order."""
+    tolerance = entry.get("recovery_tolerance") if _is_num(entry.get("recovery_tolerance")) else 0.0
+    every = [g for g in entry.get("stability_gaps") or [] if isinstance(g, dict) and _is_num(g.get("depth"))]
+    gaps = [g for g in every if g["depth"] > tolerance]
+    if not gaps:
+        return f'<p class="empty">No old task fell more than {_e(_num(tolerance))} after a switch.</p>'
+    shown = sorted(sorted(gaps, key=lambda g: -g["depth"])[:MAX_GAP_ROWS], key=lambda g: (g["step"], g["task"]))
+    rows = []
+    for g in shown:
+        recovery = g.get("recovery_steps")
+        cells = [f"<td class=num>{_e(_int(g.get('switch')))}</td>", f"<td class=num>{_e(_int(g.get('step')))}</td>",
+                 f"<td class=num>{_e(_int(g.get('task')))}</td>", _acc_cell(g.get("at_switch")),
+                 _acc_cell(g.get("min")), f"<td class=num>{_e(_int(g.get('min_step')))}</td>",
+                 _acc_cell(g.get("depth")),
+                 f"<td class=num>{'not recovered' if recovery is None else _e(_int(recovery))}</td>"]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    heads = ["to task", "at step", "old task", "acc at switch", "lowest", "at step", "depth", "recovery (steps)"]
+    note = (f"recovery: steps from the switch until the old task is back within {_e(_num(tolerance))} of its "
+            "accuracy at the switch, before the next switch")
+    if len(every) > len(gaps):
+        note += f". {len(every) - len(gaps)} (switch, old task) pairs that fell less are left out"
+    if len(gaps) > len(shown):
+        note += f"; the {len(shown)} deepest of {len(gaps)} gaps are shown"
+    note += "; all are in summary.json (continual.stability_gaps)"
+    return (
+        '<div class="scroll"><table class="continual-gaps">\n<thead><tr>'
+        + "".join(f"<th class=num>{h}</th>" for h in heads) + "</tr></thead>\n<tbody>\n" + "\n".join(rows)
+        + f'\n</tbody></table></div><p class="meta">{note}.</p>'
+    )  # fmt: skip
+
+
+def _acc_cell(value: Any) -> str:
+    """A numeric cell of an accuracy-like value: three decimals shown, the exact value in ``data-value``."""
+    if not _is_num(value) or not math.isfinite(value):
+        return f"<td class=num>{_DASH}</td>"
+    return f'<td class=num data-value="{float(value)!r}">{value:.3f}</td>'
 
 
 def _run_details(run: Run, *, open_config: bool) -> str:

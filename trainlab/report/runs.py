@@ -11,7 +11,9 @@ a value that was null (a NaN/inf probe value, a diverged loss).
 
 Only ``metrics.jsonl`` is required. The summary is ``summary.json`` as the run wrote it; a run that is still in
 progress (or was killed) has none, and then the summary is derived from the metrics and events with the same
-functions the trainer uses (:mod:`trainlab.rundir.summary`), and :attr:`Run.has_summary` is ``False``.
+functions the trainer uses (:mod:`trainlab.rundir.summary`), and :attr:`Run.has_summary` is ``False``. A task
+sequence's ``continual`` entry is derived the same way (its last task ends at the config's ``steps``), so the
+report of a run in progress shows the accuracy matrix of the tasks finished so far.
 """
 
 from __future__ import annotations
@@ -77,6 +79,13 @@ class Run:
     @property
     def higher_is_better(self) -> bool:
         return bool(self.summary.get("higher_is_better", True))
+
+    @property
+    def continual(self) -> dict[str, Any] | None:
+        """A task sequence's ``continual`` summary entry (:func:`trainlab.continual.metrics.summary`: the accuracy
+        matrix, ACC, BWT, FWT, forgetting, min-ACC, WC-ACC, stability gaps), or None for any other run."""
+        entry = self.summary.get("continual")
+        return entry if isinstance(entry, dict) and isinstance(entry.get("matrix"), list) else None
 
     def column(self, name: str) -> np.ndarray | None:
         """The metrics column ``name``, or ``None`` when the run never recorded it."""
@@ -239,10 +248,18 @@ def _derived_summary(rd: RunDir, config: dict[str, Any], rows: list[dict[str, An
         "threshold": _as_float_or_none(threshold),
         **summary_of.from_rows(rows, metric, higher_is_better),
         "events": summary_of.from_events(events),
+        **summary_of.continual_summary(rows, _planned_steps(config)),
         "probes": {"cost": summary_of.probe_cost(rows), "skipped": {}},
         "versions": {},
         "command": "",
     }
+
+
+def _planned_steps(config: dict[str, Any]) -> int | None:
+    """The run's planned steps from its resolved config (where its last task ends), or None when it does not
+    say."""
+    steps = config.get("steps")
+    return steps if _is_int(steps) else None
 
 
 def _fill(written: dict[str, Any], derived: dict[str, Any]) -> dict[str, Any]:

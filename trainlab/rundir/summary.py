@@ -6,7 +6,9 @@ progress, or killed before it wrote one, derives the same keys with the same fun
 disagree about what "final" or "best" means.
 
 Pure functions of plain rows (as :meth:`trainlab.rundir.RunDir.metrics` returns them: step order, one row per
-step) and event dicts (as :meth:`~trainlab.rundir.RunDir.events` returns them); no numpy.
+step) and event dicts (as :meth:`~trainlab.rundir.RunDir.events` returns them); no numpy. A task sequence's
+``continual`` entry (accuracy matrix, ACC/BWT/FWT, forgetting, min-ACC, WC-ACC, stability gaps) comes from
+:mod:`trainlab.continual.metrics`, pure in the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["PROBE_SECONDS", "from_rows", "final_values", "probe_cost", "from_events"]
+from trainlab.continual import metrics as continual_metrics
+
+__all__ = ["PROBE_SECONDS", "from_rows", "final_values", "probe_cost", "from_events", "continual_summary"]
 
 PROBE_SECONDS = "probe_seconds"  # ``probe_seconds/<probe>``: the measured seconds of one call of a probe
 
@@ -87,6 +91,14 @@ def from_events(events: Iterable[dict[str, Any]], repeating: Iterable[str] = ())
         if _is_finite(mem.get("time")) and _is_finite(gen.get("time")):
             out["grokking_delay_seconds"] = round(gen["time"] - mem["time"], 3)
     return out
+
+
+def continual_summary(rows: Sequence[dict[str, Any]], end_step: int | None) -> dict[str, Any]:
+    """``{"continual": ...}`` for the rows of a task sequence (:func:`trainlab.continual.metrics.summary`; its
+    last task ends at ``end_step``, the run's planned steps), ``{}`` for any other run's rows: a summary of a run
+    that is no sequence has no ``continual`` key."""
+    entry = continual_metrics.summary(rows, end_step)
+    return {"continual": entry} if entry else {}
 
 
 def _is_finite(value: Any) -> bool:

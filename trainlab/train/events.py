@@ -8,8 +8,18 @@ From evaluations:
   ``train_loss``). The loop records ``diverged`` itself, sooner, when a step's training loss is not finite
   (``metric`` ``loss``, the step of that loss) or a checkpoint it is about to write holds a tensor that is not
   (``metric`` the tensor's path, such as ``model.net.0.weight``): :mod:`trainlab.train.loop`.
-- ``loss_spike`` (each time): the train loss rises above ``SPIKE_FACTOR`` times its lowest value so far; the
-  next spike can fire once the loss has come back below that level.
+- ``loss_spike`` (each time): the train loss rises above ``SPIKE_FACTOR`` times its lowest value so far (in a
+  task sequence, so far in the current task: the loss of a task not yet learned is no spike); the next spike can
+  fire once the loss has come back below that level.
+
+From a task sequence's rows (their ``task`` and ``task{j}_acc`` columns, :mod:`trainlab.continual.controller`):
+
+- ``stability_gap`` (once per switch; De Lange et al. 2023): while a task trains, some earlier task's accuracy
+  fell at least ``continual.gap_threshold`` below its value at the switch (the first row of the new task, the
+  model after the old one). It fires at the first such row; ``metric`` is the task that fell furthest
+  (``task{j}_acc``), ``value`` its accuracy there, and the detail its depth so far and how many old tasks fell
+  that far. Once per switch rather than per old task: a sequence of T tasks gives at most T − 1 events, not
+  T(T − 1)/2. Each old task's full depth and recovery are in ``summary.json``'s ``continual.stability_gaps``.
 
 From probes (each needs its probe in ``probes=...``; thresholds are constants of this module):
 
@@ -31,6 +41,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from trainlab.continual.metrics import accuracy
+from trainlab.continual.options import ContinualOptions
 from trainlab.rundir.summary import from_events
 
 SPIKE_FACTOR = 2.0
@@ -39,7 +51,7 @@ ENTROPY_COLLAPSE_FRACTION = 0.1
 EOS_RATIO = 0.9
 SOFTMAX_COLLAPSE_FRACTION = 0.5
 LAZY_RICH_DISTANCE = 0.2
-REPEATING = ("loss_spike", "slingshot")
+REPEATING = ("loss_spike", "slingshot", "stability_gap")
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,8 @@ _EVENT_FIELDS: dict[str, tuple[type | None, ...]] = {"name": (str,), "step": (in
 _REQUIRED_EVENT_FIELDS = ("name", "step", "time")
 # what the detectors remember, and the types each may hold
 _STATE_FIELDS: dict[str, tuple[type | None, ...]] = {"min_loss": (int, float, None), "in_spike": (bool,),
-                                                      "last_norm": (int, float, None), "entropy0": (int, float, None)}
+                                                      "last_norm": (int, float, None), "entropy0": (int, float, None),
+                                                      "task": (int, None), "switch_acc": (list,), "gap_open": (bool,)}
 
 
 def _is_a(value: Any, kinds: tuple[type | None, ...]) -> bool:
@@ -94,12 +107,15 @@ class EventTracker:
     """Feeds on metrics rows; remembers which events fired so each fires once."""
 
     def __init__(self, metric: str, higher_is_better: bool, threshold: float, events: list[dict] | None = None,
-                 state: dict[str, Any] | None = None):
+                 state: dict[str, Any] | None = None, gap_threshold: float = ContinualOptions.gap_threshold):
         self.metric, self.higher_is_better, self.threshold = metric, higher_is_better, threshold
+        self.gap_threshold = gap_threshold  # continual.gap_threshold: the stability_gap event's drop
         self.events: list[Event] = [Event.from_dict(e) for e in (events or [])]
-        # what the detectors remember between rows (checkpointed, so a resumed run detects the same events)
+        # what the detectors remember between rows (checkpointed, so a resumed run detects the same events);
+        # a sequence's: the task of the last row, the old tasks' accuracies at its switch, whether its
+        # stability_gap may still fire
         self.state: dict[str, Any] = {"min_loss": None, "in_spike": False, "last_norm": None, "entropy0": None,
-                                      **check_state(state or {})}
+                                      "task": None, "switch_acc": [], "gap_open": False, **check_state(state or {})}
 
     def _solved(self, value: Any) -> bool:
         if value is None or not math.isfinite(value):
@@ -126,9 +142,42 @@ class EventTracker:
         loss = row.get("train_loss")
         if not self.fired("diverged") and loss is not None and not math.isfinite(loss):
             new.append(Event("diverged", row["step"], row["time"], None, "train_loss", f"train loss is {loss}"))
+        switched = self._task_switch(row)
         new += self._dynamics(row)
+        if not switched:
+            new += self._stability_gap(row)
         self.events.extend(new)
         return new
+
+    def _task_switch(self, row: dict[str, Any]) -> bool:
+        """Whether ``row`` is the first of a task (its ``task`` differs from the last row's); if so, remember the
+        old tasks' accuracies for ``stability_gap``, and forget the lowest train loss: from here it is measured
+        on the new task, and the jump to a task not yet learned is no ``loss_spike``."""
+        st, task = self.state, row.get("task")
+        if not isinstance(task, int) or isinstance(task, bool) or task == st["task"]:
+            return False  # no sequence's evaluation row, or one of the same task
+        st["task"], st["switch_acc"], st["gap_open"] = task, [accuracy(row, j) for j in range(task)], task > 0
+        st["min_loss"], st["in_spike"] = None, False
+        return True
+
+    def _stability_gap(self, row: dict[str, Any]) -> list[Event]:
+        """``stability_gap``: once after a switch, when some old task's accuracy fell ``gap_threshold`` below its
+        value at the switch."""
+        st, task = self.state, row.get("task")
+        if not st["gap_open"] or task != st["task"]:  # (a row of probes between evaluations has no task)
+            return []
+        now = [accuracy(row, j) for j in range(len(st["switch_acc"]))]
+        fell = [j for j, (a, b) in enumerate(zip(st["switch_acc"], now))
+                if a is not None and b is not None and a - b >= self.gap_threshold]
+        if not fell:
+            return []
+        st["gap_open"] = False
+        j = max(fell, key=lambda i: st["switch_acc"][i] - now[i])  # the deepest (the first of equals)
+        before, after = st["switch_acc"][j], now[j]
+        others = f"; {len(fell)} of {task} old tasks fell that far" if len(fell) > 1 else ""
+        return [Event("stability_gap", row["step"], row["time"], after, f"task{j}_acc",
+                      f"task {j} acc {after:.4g}, {before - after:.4g} below its {before:.4g} at the switch to "
+                      f"task {task}{others}")]
 
     def _once(self, name: str, row: dict[str, Any], key: str, hit: bool, detail: str) -> list[Event]:
         if hit and not self.fired(name):
@@ -190,4 +239,7 @@ def check_state(state: Any) -> dict[str, Any]:
     for name, kinds in _STATE_FIELDS.items():
         if name in state and not _is_a(state[name], kinds):
             raise ValueError(f"has {name!r} of type {type(state[name]).__name__}")
+    bad = next((a for a in state.get("switch_acc", []) if not _is_a(a, (int, float, None))), None)
+    if bad is not None:
+        raise ValueError(f"has a 'switch_acc' entry of type {type(bad).__name__}")
     return state

@@ -348,6 +348,7 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) 
         "steps_planned": t.steps,
         "train_time": round(s.train_time, 3),
         "events": s.tracker.summary(),
+        **summarize.continual_summary(rows, t.steps),  # a task sequence's matrix, ACC/BWT/FWT, stability gaps
         "divergence": divergence_summary(s),
         "probes": {"cost": summarize.probe_cost(rows, t.cfg.probes.names), "skipped": dict(t.prober.skipped)},
         "event_list": [e.to_dict() for e in s.tracker.events],

@@ -51,7 +51,8 @@ class TrainState:
     @classmethod
     def fresh(cls, t: Training) -> TrainState:
         return cls(tracker=EventTracker(t.workload.metric, t.workload.higher_is_better,
-                                        t.cfg.train.threshold))  # type: ignore[arg-type]
+                                        t.cfg.train.threshold,  # type: ignore[arg-type]
+                                        gap_threshold=t.cfg.continual.gap_threshold))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def restore(t: Training, payload: dict[str, Any]) -> TrainState:
                               f"{mismatch(err)}") from None
     t.prober.initial = dict(payload.get("probe_initial", {}))
     tracker = EventTracker(t.workload.metric, t.workload.higher_is_better, t.cfg.train.threshold,  # type: ignore[arg-type]
-                           payload["events"], payload.get("event_state"))
+                           payload["events"], payload.get("event_state"), gap_threshold=t.cfg.continual.gap_threshold)
     step = payload["step"]
     return TrainState(tracker=tracker, step=step, train_time=float(payload["train_time"]),
                       wall_offset=float(payload["wall_time"]), comm_logged=strategy.meter.total,

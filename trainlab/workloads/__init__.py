@@ -10,8 +10,16 @@ from trainlab.workloads import mnist1d  # noqa: E402,F401
 from trainlab.workloads import charlm  # noqa: E402,F401
 from trainlab.workloads import regression  # noqa: E402,F401
 from trainlab.workloads import vision  # noqa: E402,F401
-from trainlab.continual import sequences  # noqa: E402,F401  (task sequences are workloads too)
 from trainlab.workloads.base import Dataset, DataSpec, RegressionWorkload, Workload
 from trainlab.workloads.registry import WORKLOADS, build, names, register
+
+
+def _register_sequences() -> None:
+    import trainlab.continual.sequences  # noqa: F401  (registers the task sequences, listed after the workloads)
+
+
+# Task sequences are workloads too; registered on first lookup of a name not held yet, or when all are listed:
+# trainlab.continual imports this package, so an import here would be a cycle.
+WORKLOADS.add_source(_register_sequences)
 
 __all__ = ["DataSpec", "Dataset", "RegressionWorkload", "Workload", "WORKLOADS", "build", "names", "register"]
