@@ -217,13 +217,13 @@ def test_refresh_update_by_hand():
     grad = torch.tensor([0.2, 0.0])  # the ascent step lr * grad, rescaled to norm 5: [5, 0]
     fisher = torch.tensor([0.0, 1000.0])  # damping 1 / (1 + 0.001 F): [1, 0.5]
     noise = torch.tensor([2.0, -2.0])
-    got = refresh_update(param, grad, fisher, noise, lr=0.01, delta=1e-5, fisher_weight=0.001, noise_scale=0.001)
+    got = refresh_update(param, grad, fisher, noise, delta=1e-5, fisher_weight=0.001, noise_scale=0.001)
     want = torch.tensor([1e-5 * 1.0 * (5.0 + 0.002), 1e-5 * 0.5 * (0.0 - 0.002)])
     assert torch.allclose(got, want, rtol=1e-6, atol=0)
     # the rescaling cancels the unlearning step size
     other = refresh_update(param, grad, fisher, noise, lr=3.0, delta=1e-5, fisher_weight=0.001, noise_scale=0.001)
     assert torch.allclose(other, got, rtol=1e-6, atol=0)
-    assert torch.equal(refresh_update(param, torch.zeros(2), None, torch.zeros(2), lr=0.01, delta=1e-5,
+    assert torch.equal(refresh_update(param, torch.zeros(2), None, torch.zeros(2), delta=1e-5,
                                       fisher_weight=0.001, noise_scale=0.001), torch.zeros(2))
 
 
@@ -241,7 +241,7 @@ def test_refresh_unlearns_the_batch_the_next_step_trains_and_waits_for_the_fishe
         rows = sampler.current(step)
         loss = nn.functional.cross_entropy(model(data.x_train[rows]), data.y_train[rows])
         grads = torch.autograd.grad(loss, list(model.parameters()))
-        return [refresh_update(p.detach(), g, method.fisher.get(n), torch.zeros_like(p), lr=0.01, delta=1e-3,
+        return [refresh_update(p.detach(), g, method.fisher.get(n), torch.zeros_like(p), delta=1e-3,
                                fisher_weight=0.001, noise_scale=0.0)
                 for (n, p), g in zip(model.named_parameters(), grads)]
 

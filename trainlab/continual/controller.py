@@ -10,7 +10,7 @@ evaluation, and the loop calls it at four points:
   end-of-task work (EWC's Fisher; OGD's stored gradients through the optimizer protocol);
 - :meth:`Continual.evaluate`: columns of every metrics row -- each task's validation accuracy and loss
   (``task{j}_acc``, ``task{j}_loss``, on at most ``continual.eval_examples`` examples per task), the mean over
-  the tasks seen so far (``val_acc``) and the current task (``task``).
+  the tasks seen so far (``val_acc``), the mean over all tasks (``all_acc``) and the current task (``task``).
 
 Evaluation is also dense right after every switch (:attr:`Continual.eval_steps`), so the stability gap (De Lange
 et al. 2023) shows in the rows.
@@ -90,6 +90,9 @@ class Continual:
         seen = range(current + 1)
         for key in ("loss", "acc"):
             row[f"val_{key}"] = sum(row[f"task{j}_{key}"] for j in seen) / len(seen)
+        # over every task, trained or not: what a learner of the whole sequence has got so far (SCoLe's test on all
+        # classes; its rise over a long sequence is Lesort et al.'s finding)
+        row["all_acc"] = sum(row[f"task{j}_acc"] for j in range(len(self.tasks))) / len(self.tasks)
         return row
 
     def _scores(self, model: nn.Module, x: Tensor, y: Tensor, rows: Tensor, task: int) -> tuple[float, float]:

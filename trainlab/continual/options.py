@@ -37,8 +37,6 @@ class ContinualOptions:
     ewc_gamma: float = option(1.0, ge=0.0, le=1.0, help="ewc: decay of the old Fisher when a task's is added, F <- "
                                                         "gamma F + F_t, anchored at the latest parameters (online "
                                                         "EWC; 1: the Fishers' sum)")
-    refresh_lr: float = option(0.01, gt=0.0, help="refresh: size of the unlearning (gradient ascent) step, before "
-                                                  "its rescaling to the parameters' norm (which cancels it)")
     refresh_delta: float = option(1e-5, gt=0.0, help="refresh: size of the refresh update")
     refresh_fisher: float = option(0.001, ge=0.0, help="refresh: weight of the Fisher in (1 + c F)^-1")
     refresh_noise: float = option(0.001, ge=0.0, help="refresh: scale of the Gaussian noise of the refresh update")
@@ -59,7 +57,7 @@ OPTION_OWNERS: dict[str, tuple[str, ...]] = {
     "memory": ("replay", "power_law", "nmc"), "replay_batch": ("replay", "power_law", "nmc"),
     "power_law_exponent": ("power_law",),
     "ewc_lambda": ("ewc",), "ewc_samples": ("ewc",), "ewc_gamma": ("ewc",),
-    "refresh_lr": ("refresh",), "refresh_delta": ("refresh",), "refresh_fisher": ("refresh",),
+    "refresh_delta": ("refresh",), "refresh_fisher": ("refresh",),
     "refresh_noise": ("refresh",), "refresh_samples": ("refresh",), "refresh_decay": ("refresh",),
 }
 

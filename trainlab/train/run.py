@@ -364,18 +364,27 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) 
     }
 
 
+def _g(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else "n/a"
+
+
 def closing_text(summary: dict[str, Any], path: Path, report_path: Path | None) -> str:
     """The terminal's closing summary of a run."""
     metric, ev = summary["metric"], summary["events"]
     lines = [f"trainlab: {summary['status']} {summary['steps']} steps in {summary['train_time']:.1f} s of training "
              f"({summary['wall_time'] or 0:.1f} s wall)"]
-    for name, split in (("memorized", "train"), ("generalized", "val")):
+    continual = summary.get("continual")
+    if continual:  # a task sequence: what it retained, not when it first fitted (De Lange et al.'s metrics too)
+        lines.append(f"  {continual['tasks']} tasks: average accuracy {_g(continual.get('acc'))}, backward transfer "
+                     f"{_g(continual.get('bwt'))}, forgetting {_g(continual.get('forgetting'))}, min-ACC "
+                     f"{_g(continual.get('min_acc'))}; stability gaps: {ev.get('stability_gap_count', 0)}")
+    for name, split in (() if continual else (("memorized", "train"), ("generalized", "val"))):
         event = next((e for e in summary["event_list"] if e["name"] == name), None)
         if event:
             lines.append(f"  {name:<12} step {event['step']:>6}  at {event['time']:.1f} s  ({event['detail']})")
         else:
             lines.append(f"  {name:<12} not reached ({split} {metric} never reached {summary['threshold']:g})")
-    if ev.get("grokking_delay_steps") is not None:
+    if ev.get("grokking_delay_steps") is not None and not continual:
         lines.append(f"  grokking delay: {ev['grokking_delay_steps']} steps, {ev['grokking_delay_seconds']:.1f} s")
     went_wrong = summary.get("divergence")
     if went_wrong:

@@ -4,14 +4,15 @@ Continual Learning", ICLR; reference code joey-wang123/CL-refresh-learning, ``mo
 Before the optimizer trains on a batch ``B``, the parameters take one small step that *unlearns* ``B``; the
 optimizer's step on ``B`` then relearns it. Per parameter tensor ``θ`` (the reference code's ``unlearn``)::
 
-    Δ  = η ∇_θ L_B(θ)                       one SGD step of size η = continual.refresh_lr on -L_B (ascent)
+    Δ  = η ∇_θ L_B(θ)                       one SGD step of size η = 0.01 on -L_B (ascent), the reference's
     Δ̂  = Δ · ‖θ‖ / (‖Δ‖ + 1e-20)             rescaled to the norm of the tensor itself
     θ ← θ + δ (1 + c F)^(-1) ⊙ (Δ̂ + σ ξ)    ξ ~ N(0, I)
 
 with ``δ = continual.refresh_delta`` (default 1e-5), ``c = continual.refresh_fisher`` (default 0.001),
 ``σ = continual.refresh_noise`` (default 0.001), ``L_B`` the mean loss of the batch's rows (the scenario's
-logits). The rescaling cancels ``η``: the step is ``δ`` times a direction of norm ``‖θ‖``, whatever ``η``
-(default 0.01, the reference's) except through the ``1e-20`` guard. ``F`` is a diagonal Fisher, from each task's
+logits). The rescaling cancels ``η``: the step is ``δ`` times a direction of norm ``‖θ‖``, whatever ``η``, except
+through the ``1e-20`` guard; so ``η`` is a constant here (the reference's 0.01), not an option that would do
+nothing. ``F`` is a diagonal Fisher, from each task's
 end (the reference's ``end_task``), on ``continual.refresh_samples`` of its training rows (0, the default: all,
 as the reference)::
 
@@ -50,8 +51,11 @@ from trainlab.continual.sequence import TaskSampler, task_starts
 _GUARD = 1e-20  # the reference's epsilon in the rescaling (a zero gradient gives a zero direction, not a NaN)
 
 
-def refresh_update(param: Tensor, grad: Tensor, fisher: Tensor | None, noise: Tensor, *, lr: float, delta: float,
-                   fisher_weight: float, noise_scale: float) -> Tensor:
+ASCENT_LR = 0.01  # the reference's unlearning step size, which the rescaling cancels (module docstring)
+
+
+def refresh_update(param: Tensor, grad: Tensor, fisher: Tensor | None, noise: Tensor, *, delta: float,
+                   fisher_weight: float, noise_scale: float, lr: float = ASCENT_LR) -> Tensor:
     """The change refresh learning makes to one parameter tensor ``param`` whose loss gradient is ``grad``:
     ``δ (1 + c F)^(-1) ⊙ (Δ̂ + σ ξ)`` with ``Δ̂`` the ascent step ``lr · grad`` rescaled to the norm of ``param``
     (module docstring); ``fisher`` None counts as zero."""
@@ -117,7 +121,7 @@ class Refresh(Method):
             for (name, p), grad in zip(params.items(), grads):
                 noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
                 grad = torch.zeros_like(p) if grad is None else grad
-                p.add_(refresh_update(p, grad, self.fisher.get(name), noise, lr=o.refresh_lr, delta=o.refresh_delta,
+                p.add_(refresh_update(p, grad, self.fisher.get(name), noise, delta=o.refresh_delta,
                                       fisher_weight=o.refresh_fisher, noise_scale=o.refresh_noise))
 
     def state_dict(self) -> dict[str, Any]:
