@@ -290,3 +290,51 @@ def main(claim_dir: Path, title: str, arms: Sequence[Arm], seeds: Sequence[int],
     text = results_markdown(claim_dir, title, arms, seeds, columns, seed_keys, notes)
     (claim_dir / "results.md").write_text(text)
     print(text)
+
+
+# ------------------------------------------------------------------------------- continual sequences (claims 8, 9)
+# Readers of ``summary.json["continual"]`` (trainlab/continual/metrics.py: the accuracy matrix, ACC, BWT, forgetting,
+# min-ACC, WC-ACC and one stability-gap entry per (switch, old task)).
+
+
+def continual(run: Run) -> dict:
+    """The run's ``summary.json["continual"]`` entry (empty for a run that is no task sequence's)."""
+    return run.summary.get("continual") or {}
+
+
+def continual_value(key: str) -> Callable[[Run], float | None]:
+    """A :class:`Column` value: ``summary.json["continual"][key]`` (``acc``, ``bwt``, ``forgetting``, ``min_acc``,
+    ``wc_acc``, ``fwt``)."""
+    return lambda run: continual(run).get(key)
+
+
+def gap_pairs(run: Run) -> list[dict]:
+    """The run's stability gaps (one dict per switch and old task, as trainlab writes them) with three more keys:
+    ``end``, the old task's accuracy when the new task ended (the matrix entry ``R[switch][task]``); ``to_min``,
+    the steps from the switch to the lowest accuracy; ``regained``, the part of the drop won back by the task's end,
+    ``(end - min) / depth`` (None when the depth is 0)."""
+    c = continual(run)
+    matrix = c.get("matrix") or []
+    out = []
+    for gap in c.get("stability_gaps", []):
+        row = matrix[gap["switch"]] if gap["switch"] < len(matrix) else None
+        end = row[gap["task"]] if row is not None else None
+        depth = gap["depth"]
+        regained = (end - gap["min"]) / depth if end is not None and depth > 0 else None
+        out.append({**gap, "end": end, "to_min": gap["min_step"] - gap["step"], "regained": regained})
+    return out
+
+
+def continual_columns() -> list[Column]:
+    """ACC, BWT, forgetting, min-ACC and WC-ACC of ``summary.json``, and the cost of the run: training seconds and
+    the run's wall seconds (evaluation included) from ``summary.json``, the whole process's from ``driver.json``."""
+    return [
+        Column("ACC", continual_value("acc"), ".3f"),
+        Column("BWT", continual_value("bwt"), ".3f"),
+        Column("forgetting", continual_value("forgetting"), ".3f"),
+        Column("min-ACC", continual_value("min_acc"), ".3f"),
+        Column("WC-ACC", continual_value("wc_acc"), ".3f"),
+        Column("train s", lambda r: r.summary["train_time"], ".1f"),
+        Column("run wall s", lambda r: r.summary.get("wall_time"), ".1f"),
+        Column("process s", lambda r: r.driver.get("process_wall_s"), ".1f"),
+    ]
