@@ -410,3 +410,75 @@ def test_panel_layout_of_other_probes():
     assert len(panels) == MAX_PANELS and [p.keys for p in panels[:-1]] == [[k] for k in many[: MAX_PANELS - 1]]
     assert panels[-1].keys == many[MAX_PANELS - 1:] and panels[-1].per_layer
     assert [p.keys for p in probe_panels("local_complexity", ["train", "val", "random"])] == [["train", "val", "random"]]
+
+
+# ---------------------------------------------------------------------------------- robustness / certified
+
+
+def make_robust_run(root: Path, name: str, steps: int = 400, every: int = 50) -> Path:
+    """A fake run probing robustness (clean and PGD accuracy at three radii) and certified (IBP-verified accuracy),
+    with memorized / generalized / robust events and a loss spike (which concerns neither probe)."""
+    run_dir = make_probe_run(root, name, steps=steps, eval_every=every, probe_every=every, events=False)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        t = row["step"] / steps
+        # keys out of order (the trainer writes clean first, then the radii as listed): the panel's order must
+        # come from the radii themselves
+        row.update({"robustness/adv_acc_eps0.2": 0.004 + 0.3 * t, "robustness/clean_acc": 0.1 + 0.9 * t,
+                    "robustness/adv_acc_eps0.05": 0.05 + 0.8 * t, "robustness/adv_acc_eps0.1": 0.02 + 0.6 * t,
+                    "certified/verified_acc_eps0.1": 0.3 * t, "certified/verified_acc_eps0.05": 0.5 * t})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    events = [{"name": "memorized", "step": 100}, {"name": "loss_spike", "step": 150},
+              {"name": "generalized", "step": 200}, {"name": "robust", "step": 350}]
+    (run_dir / "events.json").write_text(json.dumps(events))
+    return run_dir
+
+
+def test_accuracy_under_attack_shares_one_panel_ordered_by_radius():
+    panels = probe_panels("robustness", ["adv_acc_eps0.2", "clean_acc", "adv_acc_eps0.05", "adv_acc_eps1e-05",
+                                         "adv_acc_eps0.1"])
+    assert len(panels) == 1 and panels[0].title == "accuracy under attack (PGD)"
+    assert panels[0].keys == ["clean_acc", "adv_acc_eps1e-05", "adv_acc_eps0.05", "adv_acc_eps0.1", "adv_acc_eps0.2"]
+    assert panels[0].labels == ["clean", "eps 1e-05", "eps 0.05", "eps 0.1", "eps 0.2"]
+    assert panels[0].accuracy and not panels[0].per_layer
+    verified = probe_panels("certified", ["verified_acc_eps0.2", "verified_acc_eps0.05"])
+    assert [(p.title, p.keys, p.labels) for p in verified] == [
+        ("verified accuracy (IBP)", ["verified_acc_eps0.05", "verified_acc_eps0.2"], ["eps 0.05", "eps 0.2"])]
+    # a key that is no radius keeps a panel of its own; the same key names in another probe are not grouped
+    assert [p.keys for p in probe_panels("robustness", ["clean_acc", "adv_acc_eps0.1", "adv_acc_epsx"])] == [
+        ["clean_acc", "adv_acc_eps0.1"], ["adv_acc_epsx"]]
+    assert [p.keys for p in probe_panels("other", ["clean_acc", "adv_acc_eps0.1"])] == [["clean_acc"],
+                                                                                      ["adv_acc_eps0.1"]]
+
+
+def test_robust_event_on_both_robustness_figures(tmp_path):
+    run = load_run(make_robust_run(tmp_path, "robust"))
+    for probe in ("robustness", "certified"):
+        marks = probe_events(run, probe)
+        assert sorted(marks) == [("generalized", 200.0), ("memorized", 100.0), ("robust", 350.0)], probe
+        fig = _probe_figure(run, probe, probe_panels(probe, run.probes[probe]), marks, logx=False)
+        (ax,) = [a for a in fig.axes if a.get_visible()]
+        events = {str(line.get_gid()): sorted(set(line.get_xdata()[::3])) for line in ax.lines
+                  if str(line.get_gid()).startswith("event:")}  # fmt: skip
+        assert events == {"event:memorized": [100.0], "event:generalized": [200.0], "event:robust": [350.0]}
+        assert any(t.get_text() == "robust @ 350" for t in ax.texts)
+        curves = [line for line in ax.lines if not str(line.get_gid()).startswith("event:")]
+        n_keys = 4 if probe == "robustness" else 2
+        assert len(curves) == n_keys
+        # the curves are the metrics' values (one line per key, in the panel's order)
+        for line, key in zip(curves, probe_panels(probe, run.probes[probe])[0].keys):
+            np.testing.assert_array_equal(line.get_ydata(), run.series(f"{probe}/{key}")[1])
+        # clean 0.1..1 against adversarial 0.004..: a span > LOG_Y_SPAN, still a linear 0-1 axis for accuracies
+        assert ax.get_yscale() == "linear" and ax.get_ylim() == pytest.approx((-0.03, 1.03))
+    assert {n for n, _ in probe_events(run, "weights")} == {"memorized", "generalized", "loss_spike"}
+
+
+def test_robustness_report_has_captioned_figures(tmp_path):
+    run_dir = make_robust_run(tmp_path, "robust-report")
+    page = write_run_report(run_dir).read_text()
+    for probe in ("robustness", "certified"):
+        assert embedded(page, run_dir / "plots" / f"probe_{probe}.png"), probe
+        assert_png(run_dir / "plots" / f"probe_{probe}.png")
+    assert "robustness: Accuracy under attack: clean accuracy and accuracy under PGD" in page
+    assert "certified: Verified accuracy at each radius eps" in page
+    assert "<td>robust</td>" in page  # in the events table too

@@ -9,8 +9,10 @@ from trainlab.config import ConfigError
 from trainlab.schedules import SCHEDULES, build, names
 
 NEEDS_A_RUN = {"refined"}
-OURS = {"wsd", "infinite", "rex", "step", "multistep", "two_regime", "refined"}
+OURS = {"wsd", "infinite", "rex", "step", "multistep", "two_regime", "refined", "slow_start_fast_decay"}
 BUILDABLE = [n for n in names() if n not in NEEDS_A_RUN]
+# schedules whose defaults warm up because the warm-up is the method (the fine-tuning schedule's slow start)
+WARMS_UP = {n for n in BUILDABLE if SCHEDULES.get(n).meta.get("warms_up")}
 WITH_WARMUP = [n for n in BUILDABLE if "warmup" in {f.name for f in dataclasses.fields(SCHEDULES.get(n).options)}]
 
 
@@ -23,7 +25,9 @@ def test_builds_with_defaults_and_stays_in_range(name):
     f = build(name, 100)
     v = [f(t) for t in range(100)]
     assert all(0.0 <= x <= 1.0 for x in v), name
-    assert all(a >= b - 1e-12 for a, b in pairwise(v)), "without warm-up the defaults never increase"
+    peak = v.index(max(v)) if name in WARMS_UP else 0
+    assert all(a < b for a, b in pairwise(v[:peak + 1])), "a default warm-up rises to the peak"
+    assert all(a >= b - 1e-12 for a, b in pairwise(v[peak:])), "after it (or without one) the defaults never increase"
 
 
 @pytest.mark.parametrize("name", names())

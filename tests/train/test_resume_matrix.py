@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 
 from trainlab.schedules import names as schedule_names
 from resume_testing import assert_resume_exact, run_quietly
@@ -52,6 +53,16 @@ OPTIMIZERS = {
     "coordclip": ["optimizer=coordclip", "optimizer.base=lion", "optimizer.lr=1e-3"],
     "autolrs": ["optimizer=autolrs", "optimizer.candidates=2", "optimizer.explore_steps=3",
                 "optimizer.stage_steps=6", "optimizer.max_stage_steps=12"],
+}
+
+# Robust training (with its radius warm-up across the kill points): PGD's random starts draw from the global RNG
+# that the checkpoint holds; IBP with batch norm keeps running statistics in the model's state. (No probes here:
+# their probe_seconds/* columns are clocks, which the harness would compare.)
+ROBUST = {
+    "adversarial_pgd": ["loss.adversarial=pgd", "loss.adversarial_eps=0.1", "loss.adversarial_steps=3",
+                        f"loss.adversarial_warmup={WARMUP}"],
+    "certified_ibp_batchnorm": ["loss.certified=ibp", "loss.certified_eps=0.1", f"loss.certified_warmup={WARMUP}",
+                                "model.batchnorm=true"],
 }
 
 
@@ -103,3 +114,21 @@ def test_the_harness_sees_a_wrong_lr(tmp_path, monkeypatch):
     overrides = [*BASE, "optimizer=lion", "schedule=cosine", f"schedule.warmup={WARMUP}"]
     with pytest.raises(AssertionError, match="differs"):
         assert_resume_exact(tmp_path, overrides, monkeypatch, kills=(CKPT + 1,))
+
+
+@pytest.mark.parametrize("name", list(ROBUST))
+def test_robust_training_resumes_exactly(name, tmp_path, monkeypatch):
+    overrides = [*BASE, "optimizer=adamw", "schedule=cosine", f"schedule.warmup={WARMUP}", *ROBUST[name]]
+    assert_resume_exact(tmp_path, overrides, monkeypatch, KILL_STEPS)
+
+
+def test_the_harness_sees_attacks_drawn_from_an_unrestored_rng(tmp_path, monkeypatch):
+    """The adversarial case can fail: a resume that left the global RNG as the rebuilt run has it (not as the
+    checkpoint saved it) draws other PGD starts, and the rows differ -- while the same run without the attack
+    does not read that RNG and still resumes exactly."""
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: None)
+    plain = [*BASE, "optimizer=adamw", "schedule=cosine", f"schedule.warmup={WARMUP}"]
+    assert_resume_exact(tmp_path / "plain", plain, monkeypatch, kills=(STEPS // 2 + 1,))
+    with pytest.raises(AssertionError, match="differs"):
+        assert_resume_exact(tmp_path / "pgd", [*plain, *ROBUST["adversarial_pgd"]], monkeypatch,
+                            kills=(STEPS // 2 + 1,))

@@ -3,6 +3,12 @@
     per-example loss = primary(output, y) [+ z_loss * logZ^2] [+ ELR term]       (logged, reduced by the trainer)
     batch penalty    = grokalign * mean_x est||J(x)||_F                           (added to the reduced loss)
 
+Robust training replaces the per-example loss (the step index sets its radius warm-up):
+
+    loss.adversarial=fgsm|pgd   (1 - m) L(f(x)) + m L(f(x')), x' an attack in the eps-ball   (losses.adversarial)
+    loss.certified=ibp          kappa CE(f(x)) + (1 - kappa) CE(-IBP margin bounds) [+ warm-up regularisers as the
+                                batch penalty]                                                  (robust.certified)
+
 ``primary`` is the workload's own loss (``loss.function=default``), StableMax cross-entropy in float64
 (``stablemax``) or the spherical Z-loss (``spherical_z``); evaluation and probes use ``primary`` alone, so
 validation losses stay comparable across regularisers. With nothing configured, :class:`Objective` is a thin
@@ -62,9 +68,54 @@ class Objective:
             from trainlab.losses.early_learning import EarlyLearningRegularizer
 
             self.elr = EarlyLearningRegularizer(n_train, n_classes, beta=options.elr_beta, lam=options.elr)
+        # adversarial: per-example losses; certified: (per-example losses, warm-up regulariser or None)
+        self.adversarial: Any = None
+        self.certified: Any = None
+        robust = self._robust_loss(options, workload, model, regression, distributed)
+        if options.adversarial != "none":
+            self.adversarial = robust
+        else:
+            self.certified = robust
         # nothing configured: the training step calls the workload's loss directly (decided once, not per step)
         self.plain = (options.function == "default" and options.z_loss == 0 and self.grokalign is None
-                      and self.elr is None)
+                      and self.elr is None and robust is None)
+
+    def _robust_loss(self, options: Any, workload: Any, model: nn.Module, regression: bool,
+                     distributed: bool) -> Any:
+        """The adversarial or certified loss ``loss.*`` asks for, or None."""
+        method = ("adversarial", options.adversarial) if options.adversarial != "none" else \
+            ("certified", options.certified) if options.certified != "none" else None
+        if method is None:
+            return None
+        key = f"loss.{method[0]}"
+        if regression:
+            raise ConfigError(key, f"needs class logits; workload {workload.name} is a regression")
+        if distributed:
+            raise ConfigError(key, "is not supported with several processes (the attack's or bounds' forward "
+                                   "passes would run through DDP)")
+        others = [name for name, on in (("loss.grokalign", self.grokalign is not None), ("loss.elr", self.elr is not None))
+                  if on]
+        if method[0] == "certified":  # its loss is the cross-entropy of bounds, not of one output
+            others += [name for name, on in (("loss.function", options.function != "default"),
+                                              ("loss.z_loss", options.z_loss > 0)) if on]
+        if others:
+            raise ConfigError(key, f"replaces the training loss and cannot be combined with {others[0]}")
+        if method[0] == "adversarial":
+            from trainlab.losses.adversarial import AdversarialLoss
+
+            return AdversarialLoss.from_options(options, attack_loss=self.primary, train_loss=self._with_z_loss)
+        from trainlab.robust.certified import CertifiedLoss
+
+        return CertifiedLoss.from_options(options, model)
+
+    def _with_z_loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """The per-example training loss of one output: the primary loss plus the Z-loss term when set."""
+        losses = self.primary(output, target)
+        if self.options.z_loss > 0:
+            from trainlab.losses.zloss import z_loss
+
+            losses = losses + z_loss(output.float(), self.options.z_loss)
+        return losses
 
 
     def primary(self, output: Tensor, target: Tensor) -> Tensor:
@@ -80,20 +131,22 @@ class Objective:
             return spherical_z_loss(output.float(), target)
         return self.workload.loss(output, target)
 
-    def __call__(self, net: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(per-example training losses, batch penalty or None) for the batch ``x, y`` at dataset rows ``idx``."""
+    def __call__(self, net: nn.Module, x: Tensor, y: Tensor, idx: Tensor,
+                 step: int) -> tuple[Tensor, Tensor | None]:
+        """(per-example training losses, batch penalty or None) for the batch ``x, y`` at dataset rows ``idx`` of
+        optimizer step ``step`` (0-based; robust losses warm their radius up over steps)."""
         if self.plain:
             return self.workload.loss(net(x), y), None
+        if self.adversarial is not None:
+            return self.adversarial(net, x, y, step), None
+        if self.certified is not None:
+            return self.certified(net, x, y, step)
         penalty = None
         if self.grokalign is not None:
             output, penalty = self.grokalign.forward(net, x, wrt=self.wrt)
         else:
             output = net(x)
-        losses = self.primary(output, y)
-        if self.options.z_loss > 0:
-            from trainlab.losses.zloss import z_loss
-
-            losses = losses + z_loss(output.float(), self.options.z_loss)
+        losses = self._with_z_loss(output, y)
         if self.elr is not None:
             losses = losses + self.elr(output.float(), idx.to(self.elr.target.device))
         return losses, penalty

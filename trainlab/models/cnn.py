@@ -1,8 +1,11 @@
 """Convolutional networks for 1-D signals (``cnn1d``) and images (``cnn2d``).
 
 Both are a stack of ``depth`` stages ``Conv (padding "same") -> activation -> MaxPool(2)``, a global average
-pool over the remaining positions, and a linear ``head``. There is no normalisation layer, so per-example
-gradients and the function's dependence on its weights stay simple.
+pool over the remaining positions, and a linear ``head``. By default there is no normalisation layer, so
+per-example gradients and the function's dependence on its weights stay simple; ``batchnorm=true`` puts a
+``BatchNorm1d``/``BatchNorm2d`` (``model.body.bn0``, ...) after every convolution, before its activation -- "BN in
+every layer" of Shi et al. 2021, "Fast Certified Robust Training with Short Warmup" (off: the structure, state
+dict and outputs of existing runs are unchanged).
 
 ``cnn1d`` (defaults: 32 channels in every stage, depth 3, kernel 5; about 11k parameters for MNIST-1D) is
 sized after the small CNN of Greydanus & Kobak, "Scaling down deep learning with MNIST-1D" (ICML 2024), which
@@ -13,7 +16,7 @@ reaches about 94% test accuracy on MNIST-1D. It reads ``(batch, length)`` or ``(
 
 Pooling uses ``ceil_mode`` so odd sizes keep their last row and a size of 1 stays 1 (deep stacks on short
 inputs do not fail). ``init_scale`` multiplies every parameter after PyTorch's default initialisation.
-Stages are named ``model.body.conv0``, ``act0``, ``pool0``, ...; ``model.head`` is the last layer and
+Stages are named ``model.body.conv0``, (``bn0``,) ``act0``, ``pool0``, ...; ``model.head`` is the last layer and
 ``model.features(x)`` the pooled representation it reads.
 """
 
@@ -37,6 +40,7 @@ class CNN1dOptions:
     kernel_size: int = option(5, help="convolution kernel length (padding keeps the length)", ge=1)
     activation: Activation = option("relu", help="nonlinearity after each convolution")
     init_scale: float = option(1.0, help="multiply every parameter by this after PyTorch's default init", gt=0)
+    batchnorm: bool = option(False, help="BatchNorm after every convolution, before its activation (Shi et al. 2021)")
 
 
 @dataclass
@@ -46,25 +50,30 @@ class CNN2dOptions:
     kernel_size: int = option(3, help="convolution kernel size (padding keeps the size)", ge=1)
     activation: Activation = option("relu", help="nonlinearity after each convolution")
     init_scale: float = option(1.0, help="multiply every parameter by this after PyTorch's default init", gt=0)
+    batchnorm: bool = option(False, help="BatchNorm after every convolution, before its activation (Shi et al. 2021)")
 
 
 class ConvNet(nn.Module):
-    """``[Conv -> activation -> MaxPool(2)] x depth -> global average pool -> Linear head`` in 1 or 2 dims.
+    """``[Conv -> (BatchNorm) -> activation -> MaxPool(2)] x depth -> global average pool -> Linear head`` in 1 or 2
+    dims.
 
     ``widths`` are the output channels of the stages.
     """
 
     def __init__(self, dims: int, in_channels: int, out_features: int, widths: list[int], kernel_size: int,
-                 activation_name: str = "relu") -> None:
+                 activation_name: str = "relu", batchnorm: bool = False) -> None:
         super().__init__()
         if dims not in (1, 2):
             raise ValueError(f"dims must be 1 or 2, got {dims}")
         self.dims = dims
-        conv, pool = (nn.Conv1d, nn.MaxPool1d) if dims == 1 else (nn.Conv2d, nn.MaxPool2d)
+        conv, norm, pool = ((nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d) if dims == 1
+                            else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d))
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         c = in_channels
         for i, width in enumerate(widths):
             layers[f"conv{i}"] = conv(c, width, kernel_size, padding="same")
+            if batchnorm:
+                layers[f"bn{i}"] = norm(width)
             layers[f"act{i}"] = activation(activation_name)
             layers[f"pool{i}"] = pool(2, ceil_mode=True)
             c = width
@@ -87,7 +96,7 @@ def build_cnn1d(spec: DataSpec, options: CNN1dOptions) -> nn.Module:
     """1-D CNN for signals: conv/maxpool stages, global average pool, linear head (MNIST-1D sized)."""
     in_channels = spec.input_shape[0] if len(spec.input_shape) == 2 else 1
     model = ConvNet(1, in_channels, spec.n_outputs, [options.channels] * options.depth, options.kernel_size,
-                    options.activation)
+                    options.activation, batchnorm=options.batchnorm)
     return scale_parameters_(model, options.init_scale)
 
 
@@ -96,5 +105,6 @@ def build_cnn2d(spec: DataSpec, options: CNN2dOptions) -> nn.Module:
     """2-D CNN for images: conv/maxpool stages with doubling channels, global average pool, linear head."""
     in_channels = spec.input_shape[0] if len(spec.input_shape) == 3 else 1
     widths = [options.channels * 2**i for i in range(options.depth)]
-    model = ConvNet(2, in_channels, spec.n_outputs, widths, options.kernel_size, options.activation)
+    model = ConvNet(2, in_channels, spec.n_outputs, widths, options.kernel_size, options.activation,
+                    batchnorm=options.batchnorm)
     return scale_parameters_(model, options.init_scale)

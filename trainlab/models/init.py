@@ -8,6 +8,9 @@
 - :func:`data_dependent_init_` -- Luther & Seung (2019), "Variance-Preserving Initialization Schemes Improve
   Deep Network Training: But Which Variance is Preserved?": rescale and shift layer by layer so that every
   unit's pre-activation has *sample* mean 0 and *sample* variance 1 on a given batch.
+- :func:`ibp_init_` -- Shi et al. (2021), "Fast Certified Robust Training with Short Warmup": every Linear and
+  Conv weight but the output layer's drawn from ``N(0, (√(2π)/fan_in)²)``, so interval bounds neither grow nor
+  shrink through depth at initialisation.
 
 The global init scale (Omnigrok's large initialisation, Liu et al. 2023) is
 :func:`trainlab.models.layers.scale_parameters_` (every model's ``init_scale`` option); it composes with these:
@@ -239,6 +242,32 @@ def data_dependent_init_(module: nn.Module, inputs: Tensor | tuple[Any, ...], *,
     return module
 
 
+@torch.no_grad()
+def ibp_init_(module: nn.Module) -> nn.Module:
+    """Shi et al. (2021)'s IBP initialisation: ``W ~ N(0, σ²)``, ``σ = √(2π)/fan_in``, for every layer but the last.
+
+    Interval bound propagation maps a box of radius ``r`` through a layer to radius ``|W|·r``; with
+    ``W_ij ~ N(0, σ²)`` each output radius is about ``fan_in · E|W_ij| · r̄ = fan_in · σ·√(2/π) · r̄``, which is
+    ``2·r̄`` at this σ, and a ReLU keeps about half of it, so bounds keep their size through depth. Standard
+    initialisations (variance ∝ 1/fan_in) make that gain grow as √fan_in per layer and bounds explode with depth.
+
+    Layers: the ``nn.Linear`` and ``nn.Conv*`` modules in registration order (``fan_in = numel / shape[0]``:
+    ``in_channels/groups · kernel`` for a conv), all but the last, which is the output layer in trainlab's models
+    (its default initialisation is kept, as in the reference code, shizhouxing/Fast-Certified-Robust-Training's
+    ``ibp_init``). Biases and BatchNorm parameters keep their values; a shared weight is drawn once. Shi et al.
+    also halve weights after a residual addition; trainlab's MLP and CNNs have none. Draws from the global RNG.
+    Returns ``module``.
+    """
+    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, _ConvNd))]
+    seen: set[int] = set()
+    for layer in layers[:-1]:
+        w = layer.weight
+        if id(w) not in seen:
+            seen.add(id(w))
+            nn.init.normal_(w, mean=0.0, std=math.sqrt(2 * math.pi) / (w.numel() // w.shape[0]))
+    return module
+
+
 def default_init_(module: nn.Module) -> nn.Module:
     """Leave the model's own initialisation as it is (PyTorch's defaults; GPT-2's for the transformer)."""
     return module
@@ -253,6 +282,8 @@ INITS.add("spectral", spectral_init_, summary="semi-orthogonal, spectral norm �
 INITS.add("data_dependent", data_dependent_init_, needs_inputs=True,
           summary="per-unit pre-activation sample mean 0, sample variance 1 on a batch (needs inputs=)",
           paper="Luther & Seung 2019, Variance-Preserving Initialization Schemes ... Which Variance is Preserved?")
+INITS.add("ibp", ibp_init_, summary="weights N(0, (sqrt(2 pi)/fan_in)^2) but the output layer's: bounded IBP boxes",
+          paper="Shi et al. 2021, Fast Certified Robust Training with Short Warmup")
 
 
 def apply_init(module: nn.Module, name: str, **kwargs: Any) -> nn.Module:

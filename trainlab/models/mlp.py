@@ -9,6 +9,11 @@ parameter after initialisation (large: Liu et al. 2023, "Omnigrok"; small: Saxe 
 
 Layers are named: ``model.body.fc0``, ``model.body.act0``, ..., and ``model.head`` is the last layer;
 ``model.features(x)`` returns the representation the head reads.
+
+``batchnorm=true`` puts a ``BatchNorm1d`` (``model.body.bn0``, ...) after every hidden Linear, before its activation
+-- "BN in every layer" of Shi et al. 2021, "Fast Certified Robust Training with Short Warmup", which balances
+the ReLU states of interval-bound training. Off by default, so existing runs keep their exact structure, state
+dict and outputs. Batch statistics in training need batches of at least 2 examples.
 """
 
 from __future__ import annotations
@@ -32,18 +37,22 @@ class MLPOptions:
     activation: Activation = option("relu", help="hidden-layer nonlinearity (identity: a deep linear network)")
     bias: bool = option(True, help="give every Linear layer a bias")
     init_scale: float = option(1.0, help="multiply every parameter by this after PyTorch's default init", gt=0)
+    batchnorm: bool = option(False, help="BatchNorm1d after every hidden Linear, before its activation (Shi et al. "
+                                         "2021)")
 
 
 class MLP(nn.Module):
-    """``Flatten -> [Linear -> activation] x depth -> Linear head``."""
+    """``Flatten -> [Linear -> (BatchNorm1d) -> activation] x depth -> Linear head``."""
 
     def __init__(self, in_features: int, out_features: int, *, depth: int = 2, width: int = 200,
-                 activation_name: str = "relu", bias: bool = True) -> None:
+                 activation_name: str = "relu", bias: bool = True, batchnorm: bool = False) -> None:
         super().__init__()
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten(start_dim=1))
         d = in_features
         for i in range(depth):
             layers[f"fc{i}"] = nn.Linear(d, width, bias=bias)
+            if batchnorm:
+                layers[f"bn{i}"] = nn.BatchNorm1d(width)
             layers[f"act{i}"] = activation(activation_name)
             d = width
         self.body = nn.Sequential(layers)
@@ -61,5 +70,5 @@ class MLP(nn.Module):
 def build_mlp(spec: DataSpec, options: MLPOptions) -> nn.Module:
     """Multi-layer perceptron on flattened inputs (depth hidden layers of width units)."""
     model = MLP(math.prod(spec.input_shape), spec.n_outputs, depth=options.depth, width=options.width,
-                activation_name=options.activation, bias=options.bias)
+                activation_name=options.activation, bias=options.bias, batchnorm=options.batchnorm)
     return scale_parameters_(model, options.init_scale)

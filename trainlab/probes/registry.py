@@ -303,3 +303,8 @@ def _data_diet(ctx: ProbeContext) -> dict[str, float]:
 
 def names() -> list[str]:
     return PROBES.names()
+
+
+# Probes whose adapter lives beside their function (imported last: they import ``register`` from here).
+from trainlab.probes import robustness as _robustness  # noqa: E402, F401
+from trainlab.probes import certified as _certified  # noqa: E402, F401

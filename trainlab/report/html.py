@@ -344,6 +344,11 @@ _PROBE_CAPTIONS = {
     "margin": "Classification margin, raw and normalised by the parameter norm.",
     "jacobian": "Input–output Jacobian Frobenius norm (GrokAlign's estimate) and centroid alignment.",
     "data_diet": "Mean EL2N and GraNd scores (per-example scores in data_diet/step_N.csv).",
+    "robustness": "Accuracy under attack: clean accuracy and accuracy under PGD at each radius eps on the probe's "
+                  "validation examples (an attack bounds the robust accuracy from above). The robust event: "
+                  "adversarial accuracy at the largest eps reaching 0.9 x the clean accuracy after generalisation.",
+    "certified": "Verified accuracy at each radius eps: the fraction of the probe's validation examples that "
+                 "interval bounds prove correct over the whole eps-ball (a lower bound on the robust accuracy).",
 }
 
 

@@ -46,6 +46,7 @@ EVENT_COLORS = {
     "memorized": "#8172b3", "generalized": "#2ca02c", "diverged": "#c44e52",
     "loss_spike": "#d62728", "slingshot": "#e377c2", "entropy_collapse": "#8c564b",
     "edge_of_stability": "#ff7f0e", "softmax_collapse": "#9467bd", "lazy_to_rich": "#17becf",
+    "robust": "#0b6e4f", "stability_gap": "#bcbd22",
 }  # fmt: skip
 EVENT_DEFAULT_COLOR = "#7f7f7f"
 RUN_COLORS = [

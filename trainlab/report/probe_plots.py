@@ -5,7 +5,9 @@
   such as ``weights/<parameter>`` share one panel, coloured by depth, with a legend of at most
   :data:`MAX_LEGEND_LINES` lines). Events that concern the probe are drawn as labelled vertical lines, as on
   the loss plots. Edge-of-stability panels carry their threshold: ``eos_ratio`` a line at 1, the top Hessian
-  eigenvalue (and the update's sharpness) the curve 2/lr from each probed row's learning rate.
+  eigenvalue (and the update's sharpness) the curve 2/lr from each probed row's learning rate. Accuracies at
+  several radii share one panel on a linear 0-1 scale: ``robustness``'s clean and ``adv_acc_eps*`` keys
+  ("accuracy under attack"), ``certified``'s ``verified_acc_eps*``, marked with the ``robust`` event.
 - :func:`plot_compare_probes`: for several runs, one figure per probe key that more than one run recorded
   (:func:`shared_probe_keys` orders them, most telling first), the runs overlaid in their comparison colours.
 
@@ -68,6 +70,8 @@ _PROBE_EVENTS = {
     "ntk": ("lazy_to_rich",),
     "rank": ("lazy_to_rich",),
     "margin": ("softmax_collapse",),
+    "robustness": ("robust",),
+    "certified": ("robust",),
 }
 
 # Keys drawn together on one panel (a shared scale says more than separate panels would).
@@ -75,6 +79,12 @@ _GROUPS = {
     "local_complexity": [("linear regions near train / val / random points", ["train", "val", "random"])],
     "softmax_collapse": [("fraction of the probe batch", ["fraction", "zero_loss"])],
     "margin": [("margin", ["min", "mean"]), ("normalised margin", ["normalized_min", "normalized_mean"])],
+}
+# Accuracy at several radii ε on one panel, clean first, then ε ascending: probe -> (title, clean key, prefix of
+# the ``<prefix><ε:g>`` keys). The gap between the curves is the point (delayed robustness, certified vs clean).
+_EPS_GROUPS = {
+    "robustness": ("accuracy under attack (PGD)", "clean_acc", "adv_acc_eps"),
+    "certified": ("verified accuracy (IBP)", "clean_acc", "verified_acc_eps"),
 }
 # Titles of single-key panels (default: the key).
 _TITLES = {
@@ -113,6 +123,7 @@ class Panel:
     ratio_line: bool = False  # a horizontal line at 1 (edge of stability: sharpness * lr / 2 = 1)
     two_over_lr: bool = False  # the curve 2/lr from each row's lr (the sharpness GD cannot exceed stably)
     band: str | None = None  # a key holding the standard error of the (single) line, drawn as a band
+    accuracy: bool = False  # fractions: a linear 0-1 axis (an attack's accuracy near 0 would make it log)
 
 
 # ------------------------------------------------------------------------------------------- grouping
@@ -132,6 +143,12 @@ def probe_panels(probe: str, keys: Sequence[str]) -> list[Panel]:
 
     for title, members in _GROUPS.get(probe, []):
         take(title, members)
+    if probe in _EPS_GROUPS:
+        title, clean, prefix = _EPS_GROUPS[probe]
+        radii = sorted((k for k in keys if _radius(k, prefix) is not None), key=lambda k: _radius(k, prefix) or 0.0)
+        members = ([clean] if clean in keys else []) + radii
+        take(title, members, labels=["clean" if k == clean else f"eps {k[len(prefix):]}" for k in members],
+             accuracy=True)
     eigs = sorted((k for k in keys if re.fullmatch(r"eig\d+", k)), key=lambda k: int(k[3:]))
     take("top Hessian eigenvalues; dashed: 2/lr" if len(eigs) > 1 else "sharpness (top eigenvalue); dashed: 2/lr",
          eigs, two_over_lr=True)
@@ -169,6 +186,16 @@ def probe_panels(probe: str, keys: Sequence[str]) -> list[Panel]:
         rest = [k for p in panels[MAX_PANELS - 1:] for k in p.keys]
         panels = panels[: MAX_PANELS - 1] + [Panel(f"{len(rest)} more keys", rest, per_layer=True)]
     return panels
+
+
+def _radius(key: str, prefix: str) -> float | None:
+    """ε of a key ``<prefix><ε:g>`` (``adv_acc_eps0.1`` -> 0.1), or None for another key."""
+    if not key.startswith(prefix):
+        return None
+    try:
+        return float(key[len(prefix):])
+    except ValueError:
+        return None
 
 
 def _layer_label(name: str, limit: int = 26) -> str:
@@ -271,6 +298,9 @@ def _draw_panel(ax: Axes, run: Run, probe: str, panel: Panel, logx: bool) -> Non
         ax.axhline(1.0, color=THRESHOLD_COLOR, ls="--", lw=1.0, label="1 (edge of stability)")
         references.append(np.array([1.0]))
     _scale(ax, plotted, references, logx)
+    if panel.accuracy and plotted:
+        ax.set_yscale("linear")
+        ax.set_ylim(-0.03, 1.03)
     if panel.per_layer and n > len(shown):
         from matplotlib.lines import Line2D
 

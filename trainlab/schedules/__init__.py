@@ -9,6 +9,7 @@ from trainlab.schedules import wsd  # noqa: E402,F401  (registers wsd, infinite)
 from trainlab.schedules import rex  # noqa: E402,F401  (registers rex)
 from trainlab.schedules import steps  # noqa: E402,F401  (registers step, multistep, two_regime)
 from trainlab.schedules import refined  # noqa: E402,F401  (registers refined)
+from trainlab.schedules import slow_start  # noqa: E402,F401  (registers slow_start_fast_decay)
 from trainlab.schedules.lr_scheduler import as_lr_scheduler
 from trainlab.schedules.registry import SCHEDULES, Multiplier, build, names, register
 from trainlab.schedules.scaling import scale_lr

@@ -75,6 +75,9 @@ class TrainOptions:
     trace: bool = option(True, help="record every step's loss, gradient norm and lr in trace.jsonl "
                                     "(refined schedules are built from it)")
     name: str | None = option(None, help="run name (default: workload-optimizer-time)")
+    init_from: str | None = option(None, help="start from the weights of this run directory's newest checkpoint "
+                                              "(fine-tuning: same model shapes; optimizer, schedule and step start "
+                                              "fresh)")
 
 
 @dataclass(frozen=True)
@@ -91,15 +94,81 @@ class LossOptions:
     elr: float = option(0.0, ge=0.0, help="early-learning regularisation weight for noisy labels (Liu et al. 2020 "
                                           "use 3)")
     elr_beta: float = option(0.7, ge=0.0, lt=1.0, help="ELR's temporal-ensembling momentum of the targets")
+    adversarial: Literal["none", "fgsm", "pgd"] = option(
+        "none", help="adversarial training (trainlab.losses.adversarial): train on the loss at an attack's input "
+                     "x' in the eps-ball, mixed with the clean loss; fgsm (Goodfellow et al. 2015) or pgd (Madry et "
+                     "al. 2018)")
+    adversarial_eps: float | None = option(None, gt=0.0, help="the attack's radius eps in input units (required: "
+                                                              "standardised features, one-hot codes; Madry et al.: "
+                                                              "0.3 for MNIST pixels in [0, 1])")
+    adversarial_alpha: float | None = option(None, gt=0.0, help="pgd step size (default: 2.5 * eps / steps)")
+    adversarial_steps: int = option(10, ge=1, help="pgd steps per attack (Madry et al.: 40 on MNIST, 7 on "
+                                                   "CIFAR-10)")
+    adversarial_norm: Literal["linf", "l2"] = option("linf", help="pgd's ball: linf (sign steps) or l2")
+    adversarial_mix: float | None = option(None, ge=0.0, le=1.0, help="weight m of (1 - m) L(x) + m L(x') "
+                                                                      "(default: 0.5 with fgsm, Goodfellow et al.; 1 "
+                                                                      "with pgd, Madry et al.; 0: clean training)")
+    adversarial_warmup: int = option(0, ge=0, help="steps over which eps ramps linearly from 0 (0: full eps from "
+                                                   "the first step)")
+
+    certified: Literal["none", "ibp"] = option(
+        "none", help="certified training (trainlab.robust.certified): minimise the cross-entropy of interval-bound "
+                     "(IBP) worst-case margins over the L-inf eps-ball (Gowal et al. 2018), with Shi et al. 2021's "
+                     "warm-up regularisers; mlp/cnn1d/cnn2d models")
+    certified_eps: float | None = option(None, gt=0.0, help="the certified L-inf radius eps in input units "
+                                                            "(required with loss.certified=ibp)")
+    certified_start: int = option(0, ge=0, help="the ramp starts after step certified_start (eps = 0 through it; "
+                                                "Shi et al.: one epoch); with certified_warmup=0, eps is full from "
+                                                "step certified_start")
+    certified_warmup: int = option(0, ge=0, help="steps over which eps ramps from 0 to certified_eps (0: full eps "
+                                                 "after certified_start; Shi et al.'s short warm-up vs Gowal et al.'s "
+                                                 "long one)")
+    certified_ramp: Literal["smoothed", "linear"] = option(
+        "smoothed", help="the eps ramp: smoothed (exponential growth, then linear: Shi et al. / auto_LiRPA) or "
+                         "linear (Gowal et al.)")
+    certified_kappa: float = option(0.0, ge=0.0, le=1.0, help="weight of the clean cross-entropy after the warm-up "
+                                                              "(it ramps from 1 with eps); Gowal et al. 0.5, Shi et "
+                                                              "al. 0")
+    certified_reg: float = option(0.5, ge=0.0, help="lambda of Shi et al.'s tightness and ReLU-balance regularisers, "
+                                                    "weighted lambda * (1 - eps_t / eps) during the warm-up (0: off)")
+
+    def validate(self) -> None:
+        """The ``adversarial_*`` and ``certified_*`` options apply to the methods that read them; each needs a
+        radius; adversarial and certified training exclude each other."""
+        defaults = LossOptions()
+        for key, (section, methods) in METHOD_OPTION_OWNERS.items():
+            if getattr(self, key) != getattr(defaults, key) and getattr(self, section) not in methods:
+                raise ConfigError(key, f"applies to loss.{section}={' or '.join(methods)} only, not to "
+                                       f"loss.{section}={getattr(self, section)}")
+        if self.adversarial != "none" and self.adversarial_eps is None:
+            raise ConfigError("adversarial_eps", f"give the radius of loss.adversarial={self.adversarial} in input "
+                                                 f"units, e.g. loss.adversarial_eps=0.1")
+        if self.certified != "none" and self.certified_eps is None:
+            raise ConfigError("certified_eps", "give the certified radius in input units, e.g. "
+                                               "loss.certified_eps=0.1")
+        if self.certified != "none" and self.adversarial != "none":
+            raise ConfigError("certified", "and loss.adversarial exclude each other: choose one way of training "
+                                           "for robustness")
+
+
+# Which method of loss.adversarial / loss.certified reads which of their options (the others must stay at their
+# defaults). FGSM takes one signed step of eps, so it has no step size, step count or L2 ball.
+METHOD_OPTION_OWNERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "adversarial_eps": ("adversarial", ("fgsm", "pgd")), "adversarial_mix": ("adversarial", ("fgsm", "pgd")),
+    "adversarial_warmup": ("adversarial", ("fgsm", "pgd")), "adversarial_alpha": ("adversarial", ("pgd",)),
+    "adversarial_steps": ("adversarial", ("pgd",)), "adversarial_norm": ("adversarial", ("pgd",)),
+    **{f"certified_{k}": ("certified", ("ibp",)) for k in ("eps", "start", "warmup", "ramp", "kappa", "reg")},
+}
 
 
 @dataclass(frozen=True)
 class ParamOptions:
     """Initialisation and parametrisation, applied after the model is built and before the optimizer sees it."""
 
-    init: Literal["default", "orthogonal", "spectral", "data_dependent"] = option(
+    init: Literal["default", "orthogonal", "spectral", "data_dependent", "ibp"] = option(
         "default", help="default: the model's own; data_dependent: unit sample variance of every pre-activation "
-                        "on a training batch (Luther & Seung 2019)")
+                        "on a training batch (Luther & Seung 2019); ibp: N(0, (sqrt(2 pi)/fan_in)^2) weights but the "
+                        "output layer's, for interval-bound training (Shi et al. 2021)")
     sigma_reparam: bool = option(False, help="replace every Linear by a sigmaReparam layer (Zhai et al. 2023)")
     mup_base_width: int = option(0, ge=0, help="muP (Yang & Hu): per-layer lr multipliers and output init "
                                                "relative to this base width (0: off)")
@@ -124,6 +193,11 @@ class ProbeOptions:
     ntk_examples: int = option(32, ge=2, help="examples in the empirical NTK")
     lc_directions: int = option(16, ge=1, help="cross-polytope directions of local complexity")
     lc_radius: float = option(0.05, gt=0.0, help="cross-polytope radius of local complexity (input units)")
+    robust_eps: tuple[float, ...] = option((0.05, 0.1, 0.2), gt=0.0, help="robustness: attack radii eps (input "
+                                                                          "units: standardised features, one-hot)")
+    robust_steps: int = option(10, ge=1, help="robustness: PGD steps per eps (step size 2.5 * eps / steps)")
+    robust_norm: Literal["linf", "l2"] = option("linf", help="robustness: the attack's norm")
+    robust_restarts: int = option(1, ge=1, help="robustness: random starts per example (its worst one counts)")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,11 @@ From probes (each needs its probe in ``probes=...``; thresholds are constants of
   softmax that rounds to one-hot (probe ``softmax_collapse``).
 - ``lazy_to_rich`` (Kumar et al. 2024): the empirical NTK moved ``LAZY_RICH_DISTANCE`` away from the kernel at
   initialisation (``ntk/distance_from_init``; probe ``ntk``).
+- ``robust`` (Humayun et al. 2024, delayed robustness: memorized → generalized → robust): the first row with the
+  ``robustness`` probe's keys, at or after the row where ``generalized`` fired, whose adversarial accuracy at
+  the largest ε in the row (``robustness/adv_acc_eps{ε}``, the event's ``metric``) is at least
+  ``ROBUST_FRACTION`` times that row's ``robustness/clean_acc`` (> 0). Probe-only rows between evaluations
+  count; the rule reads only the row and the ``generalized`` event, so it needs no state of its own.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ ENTROPY_COLLAPSE_FRACTION = 0.1
 EOS_RATIO = 0.9
 SOFTMAX_COLLAPSE_FRACTION = 0.5
 LAZY_RICH_DISTANCE = 0.2
+ROBUST_FRACTION = 0.9  # robust: adversarial accuracy at the largest eps / clean accuracy
+ROBUST_PREFIX = "robustness/adv_acc_eps"  # the robustness probe's keys in a row: <prefix><eps:g>
 REPEATING = ("loss_spike", "slingshot", "stability_gap")
 
 
@@ -144,6 +151,8 @@ class EventTracker:
             new.append(Event("diverged", row["step"], row["time"], None, "train_loss", f"train loss is {loss}"))
         switched = self._task_switch(row)
         new += self._dynamics(row)
+        # generalized may fire in this very row (an evaluation with probes): it is in new, not yet in self.events
+        new += self._robust(row, bool(self.fired("generalized")) or any(e.name == "generalized" for e in new))
         if not switched:
             new += self._stability_gap(row)
         self.events.extend(new)
@@ -225,6 +234,31 @@ class EventTracker:
             new += self._once("lazy_to_rich", row, "ntk/distance_from_init", distance >= LAZY_RICH_DISTANCE,
                               f"NTK distance from initialisation {distance:.3g} >= {LAZY_RICH_DISTANCE:g}")
         return new
+
+    def _robust(self, row: dict[str, Any], generalized: bool) -> list[Event]:
+        """``robust``: once, at a row at or after ``generalized`` whose adversarial accuracy at the largest ε it
+        holds is at least ``ROBUST_FRACTION`` of its clean accuracy."""
+        if not generalized or self.fired("robust"):
+            return []
+        clean = row.get("robustness/clean_acc")
+        radii = {}
+        for key, value in row.items():
+            if key.startswith(ROBUST_PREFIX) and value is not None:
+                try:
+                    eps = float(key[len(ROBUST_PREFIX):])
+                except ValueError:
+                    continue  # not a radius: some other key with this prefix
+                if math.isfinite(eps):
+                    radii[eps] = key
+        if clean is None or not math.isfinite(clean) or clean <= 0 or not radii:
+            return []
+        eps = max(radii)
+        key = radii[eps]
+        adv = row[key]
+        if not (math.isfinite(adv) and adv >= ROBUST_FRACTION * clean):
+            return []
+        return [Event("robust", row["step"], row["time"], adv, key,
+                      f"adv acc {adv:.4g} at eps {eps:g} >= {ROBUST_FRACTION:g} x clean {clean:.4g}")]
 
     def summary(self) -> dict[str, Any]:
         """The ``events`` entry of ``summary.json`` (:func:`trainlab.rundir.summary.from_events`)."""

@@ -66,6 +66,38 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedR
     Raises :class:`~trainlab.errors.RunDirError` when ``path`` holds no run and
     :class:`~trainlab.errors.CheckpointError` when it has no checkpoint that loads safely.
     """
+    rd, cfg, payload = _newest_checkpoint(path, device)
+    model = build_model(cfg, torch.device(device))
+    try:
+        model.load_state_dict(_model_state(payload))
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {payload.path} does not fit the model of config.yaml: "
+                              f"{mismatch(err)}") from None
+    return LoadedRun(rd.path, cfg, model.eval(), payload["step"], rd.metrics(), rd.summary())
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> int:
+    """Give ``model`` the weights of the newest checkpoint of the run in ``path`` (``init_from``); returns that
+    checkpoint's step. Any model whose parameter names and shapes match fits: fine-tuning may change the
+    workload, the loss or the optimizer. A mismatch is a :class:`~trainlab.config.ConfigError` on ``init_from``
+    naming the first differing parameter; so is a ``path`` that holds no run or no checkpoint (named as
+    ``init_from``: on ``--resume`` of a fine-tuning run, a bare "not a run directory" would not say which)."""
+    from trainlab.config import ConfigError
+
+    try:
+        _, _, payload = _newest_checkpoint(path, next(model.parameters()).device)
+    except (RunDirError, CheckpointError) as err:
+        raise ConfigError("init_from", str(err)) from None
+    try:
+        model.load_state_dict(_model_state(payload))
+    except RuntimeError as err:
+        raise ConfigError("init_from", f"the weights of {printable(str(path))} do not fit this run's model: "
+                                       f"{mismatch(err)}") from None
+    return int(payload["step"])
+
+
+def _newest_checkpoint(path: str | Path, device: str | torch.device) -> tuple[RunDir, RunConfig, Any]:
+    """The run directory, its config and its newest checkpoint, checked (checksum, keys, config unchanged)."""
     rd = RunDir.open(path)
     if not rd.config_path.is_file():
         raise RunDirError(f"{rd.path} holds no config.yaml: the model cannot be rebuilt")
@@ -73,14 +105,12 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedR
     payload = checkpoints.load(rd.checkpoints, map_location=device)
     check_payload(payload)  # a file that hashes right may still lack a key or hold the wrong type
     check_config(payload.get("config"), cfg)  # config.yaml edited after training: the weights are another model's
-    state = payload["ranks"][0]["model"] if "ranks" in payload else payload["model"]
-    model = build_model(cfg, torch.device(device))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {payload.path} does not fit the model of config.yaml: "
-                              f"{mismatch(err)}") from None
-    return LoadedRun(rd.path, cfg, model.eval(), payload["step"], rd.metrics(), rd.summary())
+    return rd, cfg, payload
+
+
+def _model_state(payload: Any) -> dict[str, Any]:
+    """The model's state dict in a checkpoint (worker 0's for a DiLoCo checkpoint)."""
+    return payload["ranks"][0]["model"] if "ranks" in payload else payload["model"]
 
 
 def build_model(cfg: RunConfig, device: torch.device) -> nn.Module:

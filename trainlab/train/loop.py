@@ -207,7 +207,7 @@ def train_step(t: Training, s: TrainState) -> Tensor:
     if t.continual is not None:
         t.continual.before_step(idx)
     with t.autocast():
-        losses, penalty = t.objective(t.net, x, y, idx)
+        losses, penalty = t.objective(t.net, x, y, idx, step)
         if t.continual is not None:  # a continual method's term (EWC's quadratic penalty)
             penalty = _add(penalty, t.continual.penalty(t.model))
     t.optimizer.zero_grad(set_to_none=True)

@@ -241,7 +241,7 @@ def _command() -> str:
 
 
 def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Outcome:
-    training = build_training(cfg, env)
+    training = build_training(cfg, env, resuming=resuming)
     try:
         return _train(training, rd, resuming=resuming, quiet=quiet, command=command, report=report)
     finally:

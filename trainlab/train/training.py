@@ -106,9 +106,12 @@ def autocast_factory(setting: str, device: torch.device, dtype: torch.dtype) -> 
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def build_training(cfg: RunConfig, env: DistEnv) -> Training:
+def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> Training:
     """Build every part of the run ``cfg`` describes, on ``env``'s device (seeded: the same config builds the
-    same initial model). A config too large for this machine's memory is a :class:`RunError` saying so."""
+    same initial model). A config too large for this machine's memory is a :class:`RunError` saying so.
+
+    ``resuming``: the weights will come from the run's own checkpoint, so ``init_from``'s source is not read (it
+    may have moved or gone since the run started)."""
     t = cfg.train
     dtype = torch.float64 if t.dtype == "float64" else torch.float32
     torch.manual_seed(t.seed)
@@ -124,6 +127,10 @@ def build_training(cfg: RunConfig, env: DistEnv) -> Training:
     with _memory_errors(f"model {cfg.model.name}", "model", cfg.model.kwargs()):
         model = models.build(cfg.model.name, spec, **cfg.model.kwargs()).to(env.device, dtype)
     model = apply_param_options(model, cfg.param, data.x_train[:1024])
+    if t.init_from is not None and not resuming:  # fine-tuning: the weights of another run
+        from trainlab.train.load import load_initial_weights
+
+        load_initial_weights(model, t.init_from)
     strategy = strategies.build(cfg.dist, env)
     if cfg.probes.names and cfg.dist.strategy == "fsdp" and env.distributed:
         raise ConfigError("probes", "probes run on the main process alone, but fsdp shards the parameters over all "
@@ -151,6 +158,9 @@ def build_training(cfg: RunConfig, env: DistEnv) -> Training:
                                   seed=t.seed, device=env.device, total_steps=t.steps)
             continual.attach(sampler)
             if continual.masks_training:
+                if cfg.loss.certified != "none":  # the bounds are of the whole head, not of the masked logits
+                    raise ConfigError("loss.certified", f"bounds every logit, but {workload.name} trains on logits "
+                                                        f"masked to each task's classes")
                 net = MaskedHead(net, continual)
         return Training(
             cfg=cfg, env=env, workload=workload, data=data, model=model, net=net, optimizer=optimizer, hooks=hooks,
