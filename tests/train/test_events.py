@@ -60,6 +60,12 @@ def test_loss_spikes_fire_each_time_the_loss_leaves_and_returns() -> None:
     assert tracker.summary()["loss_spike"] == 30 and tracker.summary()["loss_spike_count"] == 2
 
 
+def test_a_near_zero_loss_wobbling_is_no_spike() -> None:
+    """Relative rises of a loss near zero (1e-9 -> 5e-9) are float noise; a rise of at least SPIKE_MIN_RISE is one."""
+    tracker = _fire(_rows(train_loss=[1.0, 1e-9, 5e-9, 1e-9, 0.004, 1e-9, 0.5]))
+    assert [e.step for e in tracker.events if e.name == "loss_spike"] == [60]
+
+
 def test_slingshot_needs_a_spike_and_a_growing_last_layer() -> None:
     tracker = _fire(_rows(train_loss=[1.0, 0.2, 0.9, 0.1, 0.5],
                           weights__last_layer=[10.0, 10.2, 11.0, 11.1, 11.2]))

@@ -8,7 +8,8 @@ From evaluations:
   ``train_loss``). The loop records ``diverged`` itself, sooner, when a step's training loss is not finite
   (``metric`` ``loss``, the step of that loss) or a checkpoint it is about to write holds a tensor that is not
   (``metric`` the tensor's path, such as ``model.net.0.weight``): :mod:`trainlab.train.loop`.
-- ``loss_spike`` (each time): the train loss rises above ``SPIKE_FACTOR`` times its lowest value so far (in a
+- ``loss_spike`` (each time): the train loss rises above ``SPIKE_FACTOR`` times its lowest value so far, and by at
+  least ``SPIKE_MIN_RISE`` nats (a loss of 1e-9 doubling is float noise, not a spike) (in a
   task sequence, so far in the current task: the loss of a task not yet learned is no spike); the next spike can
   fire once the loss has come back below that level.
 
@@ -51,6 +52,7 @@ from trainlab.continual.options import ContinualOptions
 from trainlab.rundir.summary import from_events
 
 SPIKE_FACTOR = 2.0
+SPIKE_MIN_RISE = 1e-2  # nats above the lowest loss: below it a near-zero loss's relative wobble is no spike
 SLINGSHOT_NORM_GROWTH = 0.05
 ENTROPY_COLLAPSE_FRACTION = 0.1
 EOS_RATIO = 0.9
@@ -199,7 +201,8 @@ class EventTracker:
         loss = row.get("train_loss")
         spike = False
         if loss is not None and math.isfinite(loss):
-            if st["min_loss"] is not None and loss > SPIKE_FACTOR * st["min_loss"] and not st["in_spike"]:
+            if (st["min_loss"] is not None and loss > SPIKE_FACTOR * st["min_loss"]
+                    and loss - st["min_loss"] >= SPIKE_MIN_RISE and not st["in_spike"]):
                 spike = st["in_spike"] = True
                 new.append(Event("loss_spike", step, t, loss, "train_loss",
                                  f"train loss {loss:.4g} > {SPIKE_FACTOR:g} x its minimum {st['min_loss']:.4g}"))
