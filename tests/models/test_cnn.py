@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from trainlab.config import ConfigError
 from trainlab.models import build
 from trainlab.models.cnn import ConvNet
+from trainlab.models.norm import GhostBatchNorm1d, GhostBatchNorm2d
 from trainlab.workloads.base import DataSpec
 
 SIGNAL = DataSpec("signal", (1, 40), 10, "classification")
@@ -93,3 +95,82 @@ def test_global_average_pool_is_translation_robust():
     x[..., 56:64] = torch.randn(8)
     shifted = torch.roll(x, 8, dims=-1)
     torch.testing.assert_close(model.features(x), model.features(shifted), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------ ghost batch norm and dropout options
+
+
+@pytest.mark.parametrize("name,spec", [("cnn1d", SIGNAL), ("cnn2d", GRAY)])
+def test_defaults_keep_the_structure_and_state_dict(name, spec):
+    model = build(name, spec, depth=2)
+    assert [n for n, _ in model.body.named_children()] == ["conv0", "act0", "pool0", "conv1", "act1", "pool1"]
+    assert list(model.state_dict()) == ["body.conv0.weight", "body.conv0.bias", "body.conv1.weight",
+                                        "body.conv1.bias", "head.weight", "head.bias"]
+    bn = build(name, spec, depth=2, batchnorm=True)
+    assert [n for n, _ in bn.body.named_children()] == ["conv0", "bn0", "act0", "pool0", "conv1", "bn1", "act1",
+                                                        "pool1"]
+    assert type(bn.body.bn0) is (nn.BatchNorm1d if name == "cnn1d" else nn.BatchNorm2d)
+
+
+def test_default_cnn1d_output_is_the_hand_built_network():
+    torch.manual_seed(0)
+    model = build("cnn1d", SIGNAL, depth=2, channels=4)
+    torch.manual_seed(0)
+    convs_ = [nn.Conv1d(1, 4, 5, padding="same"), nn.Conv1d(4, 4, 5, padding="same")]
+    head = nn.Linear(4, 10)
+    x = torch.randn(3, 1, 40)
+    h = x
+    for conv in convs_:
+        h = torch.nn.functional.max_pool1d(torch.relu(conv(h)), 2, ceil_mode=True)
+    assert torch.equal(model.train()(x), head(h.mean(dim=2)))
+
+
+@pytest.mark.parametrize("name,spec,ghost_cls,plain_cls", [("cnn1d", SIGNAL, GhostBatchNorm1d, nn.BatchNorm1d),
+                                                           ("cnn2d", GRAY, GhostBatchNorm2d, nn.BatchNorm2d)])
+def test_ghost_batch_option(name, spec, ghost_cls, plain_cls):
+    torch.manual_seed(0)
+    ghost = build(name, spec, depth=2, channels=4, batchnorm=True, ghost_batch=3)
+    plain = build(name, spec, depth=2, channels=4, batchnorm=True)
+    assert type(ghost.body.bn0) is ghost_cls and type(ghost.body.bn1) is ghost_cls and ghost.body.bn1.ghost_batch == 3
+    assert list(ghost.state_dict()) == list(plain.state_dict())
+    plain.load_state_dict(ghost.state_dict())
+    x = torch.randn(7, *spec.input_shape)  # ghost batches of 3, 3 and 1 (one example still has many positions)
+    # convolutions of 7 and of 3 examples may round differently: close, not bitwise equal
+    torch.testing.assert_close(ghost(x), torch.cat([plain(x[:3]), plain(x[3:6]), plain(x[6:])]))
+    assert not torch.allclose(ghost(x), plain(x), atol=1e-3)
+    plain.load_state_dict(ghost.state_dict())
+    ghost.eval()
+    plain.eval()
+    assert torch.equal(ghost(x), plain(x))
+
+
+@pytest.mark.parametrize("name,spec", [("cnn1d", SIGNAL), ("cnn2d", GRAY)])
+def test_bad_ghost_batch_and_dropout(name, spec):
+    with pytest.raises(ConfigError) as err:
+        build(name, spec, ghost_batch=32)
+    assert err.value.key == "model.ghost_batch" and "batchnorm" in str(err.value) and "\n" not in str(err.value)
+    for bad in (1.0, -0.5):
+        with pytest.raises(ConfigError) as err:
+            build(name, spec, dropout=bad)
+        assert err.value.key == "model.dropout"
+
+
+@pytest.mark.parametrize("name,spec", [("cnn1d", SIGNAL), ("cnn2d", GRAY)])
+def test_dropout_option_after_each_pool(name, spec):
+    torch.manual_seed(0)
+    model = build(name, spec, depth=2, channels=8, dropout=0.5)
+    torch.manual_seed(0)
+    plain = build(name, spec, depth=2, channels=8)
+    assert [n for n, _ in model.body.named_children()] == ["conv0", "act0", "pool0", "drop0", "conv1", "act1",
+                                                           "pool1", "drop1"]
+    assert model.body.drop1.p == 0.5 and list(model.state_dict()) == list(plain.state_dict())
+    x = torch.randn(4, *spec.input_shape)
+    assert torch.equal(model.eval()(x), plain(x))
+    # training: the pooled stage output is what is dropped (zeros or the pooled value / (1 - p))
+    model.train()
+    pooled = model.body[:3](x)
+    torch.manual_seed(1)
+    dropped = model.body.drop0(pooled)
+    zero = (dropped == 0) & (pooled != 0)
+    assert 0.35 < float(zero.float().sum() / (pooled != 0).float().sum()) < 0.65
+    torch.testing.assert_close(dropped[dropped != 0], 2 * pooled[dropped != 0])

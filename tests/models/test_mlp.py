@@ -10,6 +10,7 @@ from trainlab.config import ConfigError
 from trainlab.models import build
 from trainlab.models.layers import Quadratic
 from trainlab.models.mlp import MLP
+from trainlab.models.norm import GhostBatchNorm1d
 from trainlab.workloads.base import DataSpec
 
 VECTOR = DataSpec("vector", (194,), 97, "classification")
@@ -89,3 +90,80 @@ def test_bad_options(key, value):
     with pytest.raises(ConfigError) as err:
         build("mlp", VECTOR, **{key: value})
     assert err.value.key == f"model.{key}"
+
+
+# ------------------------------------------------------------------------ ghost batch norm and dropout options
+
+
+def test_defaults_keep_the_structure_state_dict_and_outputs():
+    # a reference built by hand in the same order draws the same initial weights from the same seed
+    torch.manual_seed(0)
+    model = build("mlp", VECTOR)
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Flatten(1), nn.Linear(194, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU())
+    head = nn.Linear(200, 97)
+    assert list(model.state_dict()) == ["body.fc0.weight", "body.fc0.bias", "body.fc1.weight", "body.fc1.bias",
+                                        "head.weight", "head.bias"]
+    assert [n for n, _ in model.body.named_children()] == ["flatten", "fc0", "act0", "fc1", "act1"]
+    x = torch.randn(5, 194)
+    model.train()  # no dropout layer: train and eval are the same function
+    assert torch.equal(model(x), head(body(x)))
+    # batchnorm=true alone is plain BatchNorm1d over the whole batch, as before
+    bn = build("mlp", VECTOR, batchnorm=True)
+    assert [n for n, _ in bn.body.named_children()] == ["flatten", "fc0", "bn0", "act0", "fc1", "bn1", "act1"]
+    assert type(bn.body.bn0) is nn.BatchNorm1d and type(bn.body.bn1) is nn.BatchNorm1d
+
+
+def test_ghost_batch_option():
+    torch.manual_seed(0)
+    ghost = build("mlp", VECTOR, batchnorm=True, ghost_batch=4, width=16)
+    plain = build("mlp", VECTOR, batchnorm=True, width=16)
+    assert type(ghost.body.bn0) is GhostBatchNorm1d and ghost.body.bn0.ghost_batch == 4
+    assert type(ghost.body.bn1) is GhostBatchNorm1d
+    assert list(ghost.state_dict()) == list(plain.state_dict())  # checkpoints keep BatchNorm's format
+    plain.load_state_dict(ghost.state_dict())
+    x = torch.randn(8, 194)
+    # one ghost batch: ordinary BatchNorm; two: each half normalised on its own
+    assert torch.equal(ghost(x[:4]), plain(x[:4]))
+    assert torch.equal(ghost(x), torch.cat([plain(x[:4]), plain(x[4:])]))
+    for key, value in ghost.state_dict().items():  # the running statistics moved as those BatchNorm calls moved them
+        assert torch.equal(value, plain.state_dict()[key])
+    assert not torch.allclose(ghost(x), plain(x), atol=1e-3)
+    plain.load_state_dict(ghost.state_dict())
+    ghost.eval()
+    plain.eval()
+    assert torch.equal(ghost(x), plain(x))  # eval: running statistics, as BatchNorm
+
+
+@pytest.mark.parametrize("options,key", [({"ghost_batch": 32}, "model.ghost_batch"),
+                                         ({"ghost_batch": 1, "batchnorm": True}, "model.ghost_batch"),
+                                         ({"ghost_batch": -1, "batchnorm": True}, "model.ghost_batch"),
+                                         ({"dropout": 1.0}, "model.dropout"), ({"dropout": -0.1}, "model.dropout")])
+def test_bad_ghost_batch_and_dropout(options, key):
+    with pytest.raises(ConfigError) as err:
+        build("mlp", VECTOR, **options)
+    assert err.value.key == key and "\n" not in str(err.value)
+    if options.get("ghost_batch") == 32:
+        assert "batchnorm" in str(err.value)
+
+
+def test_dropout_option():
+    torch.manual_seed(0)
+    model = build("mlp", VECTOR, dropout=0.5, width=64, activation="identity")
+    torch.manual_seed(0)
+    plain = build("mlp", VECTOR, width=64, activation="identity")
+    assert [n for n, _ in model.body.named_children()] == ["flatten", "fc0", "act0", "drop0", "fc1", "act1",
+                                                           "drop1"]
+    assert isinstance(model.body.drop0, nn.Dropout) and model.body.drop0.p == 0.5
+    assert list(model.state_dict()) == list(plain.state_dict())
+    x = torch.randn(32, 194)
+    model.eval()
+    assert torch.equal(model(x), plain(x))  # eval: no dropout
+    # training: each unit after the activation is zeroed with probability p, the others scaled by 1/(1 - p)
+    one = build("mlp", VECTOR, dropout=0.25, depth=1, width=64, activation="identity").train()
+    torch.manual_seed(1)
+    dropped = one.features(x)
+    kept = one.body.fc0(x)
+    zero = dropped == 0
+    assert 0.17 < float(zero.float().mean()) < 0.33
+    torch.testing.assert_close(dropped[~zero], kept[~zero] / 0.75)

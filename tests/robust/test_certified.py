@@ -288,12 +288,23 @@ def test_several_processes_are_refused():
     (["workload=mnist1d", "workload.num_samples=1000", "loss.adversarial=pgd", "loss.adversarial_eps=0.1"],
      "loss.adversarial"),
     (["workload=mnist1d", "workload.num_samples=1000", "param.output_scale=2"], "output_scale"),
+    (["workload=mnist1d", "workload.num_samples=1000", "model.batchnorm=true", "model.dropout=0.1"], "Dropout"),
+    (["workload=mnist1d", "workload.num_samples=1000", "model.batchnorm=true", "model.ghost_batch=16"],
+     "GhostBatchNorm1d"),
 ])
 def test_trainer_refuses_in_one_line(tmp_path, overrides, says):
     with pytest.raises(ConfigError) as err:
         trainlab.run(None, [*overrides, "loss.certified=ibp", "loss.certified_eps=0.1", "steps=2"],
                      out=tmp_path / "run", quiet=True, report=False)
     assert err.value.key == "loss.certified" and says in one_line(err)
+
+
+def test_a_sequence_that_masks_the_head_is_refused(tmp_path):
+    """Task-incremental training masks the logits to the task's classes; the bounds would be of the whole head."""
+    with pytest.raises(ConfigError) as err:
+        trainlab.run(None, ["workload=split_mnist1d", "workload.scenario=task", "loss.certified=ibp",
+                            "loss.certified_eps=0.1"], out=tmp_path / "run", quiet=True, report=False)
+    assert err.value.key == "loss.certified" and "masked" in one_line(err)
 
 
 # ------------------------------------------------------------------------------------------------ the probe

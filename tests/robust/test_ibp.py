@@ -20,10 +20,12 @@ from trainlab.models import build
 from trainlab.models.cnn import ConvNet
 from trainlab.models.init import apply_init
 from trainlab.models.mlp import MLP
+from trainlab.models.norm import GhostBatchNorm1d
 from trainlab.models.parametrization import OutputScaled
 from trainlab.models.reparam import apply_sigma_reparam_
 from trainlab.robust.attacks import pgd
-from trainlab.robust.ibp import ibp_bounds, propagate, verified_error
+from trainlab.robust.certified import check_bounded
+from trainlab.robust.ibp import check_trainable, ibp_bounds, propagate, verified_error
 from trainlab.workloads.base import DataSpec
 
 DT = torch.float64  # soundness is checked to 1e-9: no float32 rounding in the way
@@ -349,3 +351,90 @@ def test_refusals_are_one_line_value_errors():
     assert "SigmaReparam" in one_line_error(lambda: propagate(reparam, x, 0.1))
     assert "class indices" in one_line_error(lambda: verified_error(mlp, x, torch.rand(2), 0.1))
     assert "class indices" in one_line_error(lambda: verified_error(mlp, x, torch.zeros(3, dtype=torch.long), 0.1))
+
+
+# ------------------------------------------------------------------------------- dropout and ghost BatchNorm
+
+
+def with_options(kind: str, *, ghost_batch: int = 0, dropout: float = 0.0) -> tuple[nn.Module, nn.Module, tuple]:
+    """``make_model(kind, "relu")`` (plain BatchNorm) and the same network, weights and running statistics, built
+    with ghost BatchNorm and/or dropout layers."""
+    plain, shape = make_model(kind, "relu")
+    if kind == "mlp":
+        other: nn.Module = MLP(10, 4, depth=2, width=12, batchnorm=True, ghost_batch=ghost_batch, dropout=dropout)
+    else:
+        other = ConvNet(2, 3, 4, [3, 4], 3, "relu", batchnorm=True, ghost_batch=ghost_batch, dropout=dropout)
+    other.to(DT).load_state_dict(plain.state_dict())  # the same keys: dropout has no state, ghost BN BatchNorm's
+    return plain, other, shape
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn2d"])
+@pytest.mark.parametrize("options", [{"dropout": 0.4}, {"ghost_batch": 2}, {"dropout": 0.4, "ghost_batch": 2}])
+@torch.no_grad()
+def test_eval_mode_dropout_and_ghost_batchnorm_are_bounded(kind, options):
+    plain, model, shape = with_options(kind, **options)
+    plain.eval()
+    model.eval()
+    x = torch.rand((5, *shape), generator=torch.Generator().manual_seed(2), dtype=DT) - 0.5
+    got, want = propagate(model, x, 0.1), propagate(plain, x, 0.1)
+    # dropout passes the box through, ghost BatchNorm takes BatchNorm's rule with its running statistics
+    for a, b in zip(got.logit_bounds(), want.logit_bounds()):
+        assert torch.equal(a, b)
+    lower, upper = got.logit_bounds()
+    z = outputs_of(model, ball_samples(x, 0.1, 400))  # the eval network itself (no dropout, running statistics)
+    assert bool((z >= lower - TOL).all()) and bool((z <= upper + TOL).all())
+    assert len(got.preactivations) == 2  # dropout is no activation layer
+    check_bounded(model)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn2d"])
+@pytest.mark.parametrize("options,layer,says", [({"dropout": 0.4}, "body.drop0", "Dropout(p=0.4)"),
+                                                ({"ghost_batch": 2}, "body.bn0", "GhostBatchNorm"),
+                                                ({"dropout": 0.4, "ghost_batch": 2}, "body.bn0", "GhostBatchNorm")])
+def test_training_mode_dropout_and_ghost_batchnorm_are_refused(kind, options, layer, says):
+    _, model, shape = with_options(kind, **options)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    message = one_line_error(lambda: propagate(model, torch.randn(6, *shape, dtype=DT), 0.1))
+    assert repr(layer) in message and says in message
+    # refused before the clean forward pass: no running statistic moved
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    check_bounded(model)  # structure only: the certified probe bounds such a model in eval mode
+    # the verified error (eval mode) is the plain network's, and the training mode is restored
+    x, y = torch.randn(12, *shape, dtype=DT), torch.randint(0, 4, (12,))
+    plain = with_options(kind)[0]
+    assert verified_error(model, x, y, 0.05) == verified_error(plain, x, y, 0.05)
+    assert all(m.training for m in model.modules())
+
+
+def test_dropout_at_zero_and_ghost_batchnorm_without_running_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Dropout(0.0), nn.Linear(5, 3)).to(DT).train()
+    x = torch.randn(3, 4, dtype=DT)
+    without = nn.Sequential(net[0], net[1], net[3])
+    for a, b in zip(ibp_bounds(net, x, 0.2), ibp_bounds(without, x, 0.2)):  # p = 0: the identity, in any mode
+        assert torch.equal(a, b)
+    # without running statistics a ghost BatchNorm normalises per ghost batch in eval mode too
+    ghost = nn.Sequential(nn.Linear(4, 5), GhostBatchNorm1d(5, 2, track_running_stats=False), nn.Linear(5, 3)).eval()
+    assert "'1'" in one_line_error(lambda: propagate(ghost, torch.randn(4, 4), 0.1))
+    # exact types: a subclass of Dropout with another forward has no rule
+    class Scaled(nn.Dropout):
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return 2 * h
+
+    odd = nn.Sequential(nn.Linear(4, 3), Scaled(0.0)).eval()
+    assert "Scaled" in one_line_error(lambda: propagate(odd, torch.randn(2, 4), 0.1))
+    assert "Scaled" in one_line_error(lambda: check_bounded(odd))
+
+
+@pytest.mark.parametrize("options,layer", [({"dropout": 0.4}, "body.drop0"), ({"ghost_batch": 2}, "body.bn0"),
+                                           ({}, None)])
+def test_check_trainable_refuses_in_any_mode(options, layer):
+    # certified training refuses such a model when it is built, even if it is in eval mode then
+    model = with_options("mlp", **options)[1].eval()
+    if layer is None:
+        check_trainable(model)
+        check_trainable(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.0)))
+    else:
+        assert repr(layer) in one_line_error(lambda: check_trainable(model))
+    assert not model.training  # judged, not switched

@@ -172,15 +172,21 @@ def _imbalance(a: Tensor, b: Tensor, tau: float) -> Tensor:
 
 def check_bounded(model: nn.Module) -> None:
     """Raise ibp's one-line ``ValueError`` when :func:`~trainlab.robust.ibp.propagate` cannot bound ``model``
-    (checked on its structure, without running it: the model kind, then every layer's type)."""
-    supported = (*ibp._AFFINE, *ibp._POSITIVE_LINEAR, *ibp._BATCHNORM, *ibp._MONOTONE, *ibp._POOLS, *ibp._MINIMISER)
+    (checked on its structure, without running it: the model kind, then every layer's type).
+
+    Mode-free, as its callers need (the ``certified`` probe checks a model in training mode, then bounds it in eval
+    mode): Dropout and ghost BatchNorm pass, since eval mode bounds them; ``propagate`` refuses them in training
+    mode, where they are random or use per-ghost-batch statistics."""
+    supported = (*ibp._AFFINE, *ibp._POSITIVE_LINEAR, *ibp._BATCHNORM, *ibp._GHOST_BATCHNORM, *ibp._DROPOUT,
+                 *ibp._MONOTONE, *ibp._POOLS, *ibp._MINIMISER)
     for name, layer in ibp._layers(model):
         if isinstance(layer, nn.GELU) and layer.approximate != "none":
             raise ValueError(f"ibp: layer {name!r} is GELU(approximate={layer.approximate!r}); only the exact GELU "
                              f"is supported")
         if type(layer) not in supported:
             raise ValueError(f"ibp: no interval rule for layer {name!r} ({type(layer).__name__}); supported: Linear, "
-                             f"Conv1d/2d, BatchNorm1d/2d, ReLU, Tanh, GELU, SiLU, x², MaxPool1d/2d, Flatten, Identity")
+                             f"Conv1d/2d, BatchNorm1d/2d, ReLU, Tanh, GELU, SiLU, x², MaxPool1d/2d, Flatten, Identity, "
+                             f"Dropout (eval)")
 
 
 @dataclass
@@ -221,6 +227,7 @@ class CertifiedLoss:
         compiled). Raises ``ConfigError("loss.certified", ...)`` when IBP cannot bound ``model``."""
         try:
             check_bounded(model)
+            ibp.check_trainable(model)  # dropout and ghost batch norm: refused now, not at the first bounded step
         except ValueError as err:
             from trainlab.models.parametrization import OutputScaled
 

@@ -10,6 +10,7 @@ For inputs ``x'`` with ``‖x' − x‖∞ ≤ ε`` (intersected with the data b
     ReLU, Tanh, Identity   l' = f(l),  u' = f(u)                              (monotone)
     GELU, SiLU, x²         l' = f(clip(x*, l, u)),  u' = max(f(l), f(u))      (falls then rises around x*)
     MaxPool                l' = pool(l),  u' = pool(u)                        (monotone in every input)
+    Dropout (eval, or p=0) the identity
 
 so every output of every ``x'`` in the ball lies in the final box. The activation rules are exact per unit;
 the looseness of IBP comes from treating units independently.
@@ -20,6 +21,16 @@ what BatchNorm normalises with -- as auto_LiRPA does and so Shi et al. 2021 ("Fa
 with Short Warmup") train: the bounds then hold for the network as the clean batch fixed it, every perturbed
 input normalised with the clean batch's statistics. Gradients flow through those statistics. The clean forward
 pass that :func:`propagate` runs beside the bounds updates the running statistics once, as a training step does.
+
+**Ghost BatchNorm and dropout** (``model.ghost_batch``, ``model.dropout``). In eval mode a
+:class:`~trainlab.models.norm.GhostBatchNorm1d`/``2d`` with running statistics is BatchNorm and takes its rule,
+and dropout is the identity. In training mode a ghost BatchNorm normalises each ghost batch with its own
+statistics and dropout multiplies by a random mask: the clean forward is then not the one fixed network the box
+is bounded for, so :func:`propagate` refuses both (a Dropout with ``p > 0``; a ghost BatchNorm in training mode,
+or without running statistics) with a one-line ``ValueError`` naming the layer, before running anything;
+:func:`check_trainable` raises the same for a model in any mode, for certified training to refuse it when built.
+Certified training therefore needs ``model.dropout=0`` and ``model.ghost_batch=0``; verified errors of such
+models (eval mode) are fine.
 
 **Margins and the verified error.** The logit bounds alone bound ``z_y − z_j`` by ``l_y − u_j``; folding the
 differences into the last Linear layer (``(W_y − W_j)·h + b_y − b_j`` bounded from the box of ``h``, Gowal et
@@ -53,11 +64,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from trainlab.models.cnn import ConvNet
 from trainlab.models.layers import Quadratic
 from trainlab.models.mlp import MLP
+from trainlab.models.norm import GhostBatchNorm1d, GhostBatchNorm2d
 
 Bounds = tuple[float | Tensor, float | Tensor]
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
+# BatchNorm in eval mode with running statistics; per-ghost-batch statistics (training) have no rule here
+_GHOST_BATCHNORM = (GhostBatchNorm1d, GhostBatchNorm2d)
+# the identity in eval mode (and at p = 0); a random mask in training has no rule here
+_DROPOUT = (nn.Dropout,)
 _MONOTONE = (nn.ReLU, nn.Tanh)
 # the minimiser x* of activations that fall then rise (f' < 0 left of x*, > 0 right of it); GELU's and SiLU's
 # are the roots of Φ(x) + xφ(x) and σ(x)(1 + x(1 − σ(x))), found by Newton's method in float64
@@ -149,9 +165,11 @@ def propagate(model: nn.Module, x: Tensor, eps: float | Tensor, bounds: Bounds |
         eps: the L∞ radius ≥ 0 in input units (a float, or a tensor broadcastable to ``x``).
         bounds: ``(low, high)`` data box (floats or tensors broadcastable to ``x``), or None for none.
 
-    Raises ``ValueError`` (one line) for a model, layer or input it cannot bound.
+    Raises ``ValueError`` (one line) for a model, layer or input it cannot bound, and for a Dropout (p > 0) or
+    ghost BatchNorm in training mode (module doc), before running anything.
     """
     layers = _layers(model)
+    _refuse_random_layers(layers)
     if not x.is_floating_point():
         raise ValueError(f"ibp: needs real-valued inputs, got {x.dtype} (integer token ids have no L∞ ball)")
     radius = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
@@ -231,7 +249,31 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if type(model) is nn.Sequential and len(model) > 0:
         return list(model.named_children())
     raise ValueError(f"ibp: cannot bound a {type(model).__name__}; supported: mlp, cnn1d, cnn2d and nn.Sequential "
-                     f"of Linear, Conv1d/2d, BatchNorm1d/2d, ReLU/Tanh/GELU/SiLU/x², MaxPool, Flatten")
+                     f"of Linear, Conv1d/2d, BatchNorm1d/2d, ReLU/Tanh/GELU/SiLU/x², MaxPool, Flatten, Dropout")
+
+
+def check_trainable(model: nn.Module) -> None:
+    """Raise the one-line ``ValueError`` that :func:`propagate` raises on ``model`` in training mode for its Dropout
+    (p > 0) and ghost BatchNorm layers, whatever mode ``model`` is in now: for certified training to refuse such a
+    model when it is built rather than at its first bounded step. The model kind and layer types are
+    ``check_bounded``'s (:mod:`trainlab.robust.certified`) to check."""
+    _refuse_random_layers(_layers(model), training=True)
+
+
+def _refuse_random_layers(layers: list[tuple[str, nn.Module]], training: bool | None = None) -> None:
+    """Refuse, before any forward pass moves a running statistic, the layers whose training-mode forward is not
+    one fixed network: Dropout with p > 0 and ghost BatchNorm normalising with per-ghost-batch statistics.
+    ``training``: the mode to judge them in (None: each layer's own)."""
+    for name, layer in layers:
+        mode = layer.training if training is None else training
+        if type(layer) in _DROPOUT and isinstance(layer, nn.Dropout) and mode and layer.p > 0:
+            raise ValueError(f"ibp: layer {name!r} is Dropout(p={layer.p}) in training mode, a random mask IBP "
+                             f"cannot bound; use eval mode, or model.dropout=0 for certified training")
+        if (type(layer) in _GHOST_BATCHNORM and isinstance(layer, _BatchNorm)
+                and (mode or layer.running_mean is None)):
+            raise ValueError(f"ibp: layer {name!r} is {type(layer).__name__} in training mode, whose per-ghost-batch "
+                             f"statistics IBP does not model; use eval mode (running statistics), or "
+                             f"model.ghost_batch=0 for certified training")
 
 
 def _affine(layer: nn.Module, box: Box) -> Box:
@@ -266,9 +308,11 @@ def _propagate_layer(name: str, layer: nn.Module, clean: Tensor, box: Box) -> Bo
         return _affine(layer, box)
     if kind in _POSITIVE_LINEAR:
         return Box(layer(box.mid), layer(box.rad))
-    if kind in _BATCHNORM:
+    if kind in _BATCHNORM or kind in _GHOST_BATCHNORM:  # ghost: eval mode only (_refuse_random_layers)
         assert isinstance(layer, _BatchNorm)
         return _batchnorm(layer, clean, box)
+    if kind in _DROPOUT:  # eval mode or p = 0 (_refuse_random_layers): the identity
+        return box
     if kind in _MONOTONE or kind in _POOLS:
         return Box.from_bounds(layer(box.lower), layer(box.upper))
     if isinstance(layer, nn.GELU) and layer.approximate != "none":
@@ -279,4 +323,4 @@ def _propagate_layer(name: str, layer: nn.Module, clean: Tensor, box: Box) -> Bo
         bottom = torch.minimum(lower.clamp(min=_MINIMISER[kind]), upper)  # x* clipped into [l, u]
         return Box.from_bounds(layer(bottom), torch.maximum(layer(lower), layer(upper)))
     raise ValueError(f"ibp: no interval rule for layer {name!r} ({kind.__name__}); supported: Linear, Conv1d/2d, "
-                     f"BatchNorm1d/2d, ReLU, Tanh, GELU, SiLU, x², MaxPool1d/2d, Flatten, Identity")
+                     f"BatchNorm1d/2d, ReLU, Tanh, GELU, SiLU, x², MaxPool1d/2d, Flatten, Identity, Dropout (eval)")
