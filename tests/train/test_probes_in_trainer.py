@@ -10,7 +10,8 @@ from trainlab.config import ConfigError
 from trainlab.probes.registry import PROBES
 
 TINY = ["workload.p=11", "workload.train_frac=0.5", "steps=6", "eval_every=3", "probes.examples=16",
-        "probes.ntk_examples=4", "probes.lanczos_iters=4", "probes.hutchinson_samples=2", "probes.lc_directions=4"]
+        "probes.ntk_examples=4", "probes.lanczos_iters=4", "probes.hutchinson_samples=2", "probes.lc_directions=4",
+        "probes.hessian_density_iters=4", "probes.nfk_examples=8"]
 MODELS = {  # model -> (workload overrides, probes that cannot apply to it)
     "mlp": ([], {"attention_entropy"}),
     "transformer": (["model.d_model=16", "model.n_head=2", "model.n_layer=1"],
@@ -49,6 +50,9 @@ def test_every_probe_runs_or_says_why_not(tmp_path, model):
             # steps 0, 3 and 6; the update's sharpness has no update to measure at step 0
             assert summary["probes"]["cost"][name]["calls"] == (2 if name == "update_sharpness" else 3), name
     assert (run_dir / "data_diet" / "step_6.csv").exists()
+    density = json.loads((run_dir / "hessian_density" / "step_6.json").read_text())
+    assert density["iters"] == 4 and abs(sum(density["weights"][0]) - 1) < 1e-9
+    assert 1 <= last["nfk/effective_rank"] <= 8
 
 
 def test_probes_do_not_change_training(tmp_path):

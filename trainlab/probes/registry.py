@@ -308,3 +308,5 @@ def names() -> list[str]:
 # Probes whose adapter lives beside their function (imported last: they import ``register`` from here).
 from trainlab.probes import robustness as _robustness  # noqa: E402, F401
 from trainlab.probes import certified as _certified  # noqa: E402, F401
+from trainlab.probes import spectral_density as _spectral_density  # noqa: E402, F401
+from trainlab.probes import fisher_kernel as _fisher_kernel  # noqa: E402, F401
