@@ -38,7 +38,8 @@ keys: workload, model, optimizer, schedule name a component (its defaults apply)
       top level: steps, seed, batch_size (0 = full batch), eval_every, eval_examples, checkpoint_every,
       grad_clip, threshold, device (auto|cpu|cuda|mps), dtype (float32|float64),
       autocast (auto|off|bf16), compile, tensorboard, trace, name;
-      sections loss.KEY, param.KEY, probes.KEY, dist.KEY (dist=ddp|zero1|fsdp|diloco|streaming_diloco).
+      sections loss.KEY, param.KEY, probes.KEY, data.KEY (data diets: data=0.5 data.scores=CSV), continual.KEY,
+      dist.KEY (dist=ddp|zero1|fsdp|diloco|streaming_diloco).
       `trainlab list workloads --options` shows every component's options and defaults.
 """
 

@@ -198,6 +198,15 @@ class ProbeOptions:
     robust_steps: int = option(10, ge=1, help="robustness: PGD steps per eps (step size 2.5 * eps / steps)")
     robust_norm: Literal["linf", "l2"] = option("linf", help="robustness: the attack's norm")
     robust_restarts: int = option(1, ge=1, help="robustness: random starts per example (its worst one counts)")
+    hessian_density_iters: int = option(100, ge=2, help="hessian_density: Lanczos steps per run (Hessian-vector "
+                                                        "products; PyHessian: 100)")
+    hessian_density_runs: int = option(1, ge=1, help="hessian_density: Rademacher start vectors averaged (PyHessian: 1)")
+    hessian_density_outlier: float = option(0.1, gt=0.0, lt=1.0, help="hessian_density: outliers are nodes with "
+                                                                      "|lambda| above this fraction of the largest")
+    nfk_examples: int = option(64, ge=2, help="nfk: training examples in the Fisher kernel (at most probes.examples)")
+    nfk_top: int = option(3, ge=1, le=32, help="nfk: top eigenvalues reported")
+    nfk_labels: Literal["true", "model"] = option("true", help="nfk: scores at the true labels (empirical Fisher) "
+                                                               "or at labels sampled from the model (Fisher)")
 
 
 @dataclass(frozen=True)
@@ -280,11 +289,100 @@ def check_dist(options: DistOptions) -> None:
                                               f"the next one starts")
 
 
+@dataclass(frozen=True)
+class DataOptions:
+    """Which training examples a run trains on, and in what order (``trainlab.train.diet``): a data diet.
+
+    Paul, Ganguli & Dziugaite 2021, "Deep Learning on a Data Diet": score every training example early in
+    training (EL2N or GraNd; ``probes=data_diet`` writes ``RUN/data_diet/step_K.csv``), average the scores over
+    several runs, keep the highest-scoring (hardest) examples and retrain on them; ``select=random`` is their
+    control arm, ``skip_hardest`` their high-pruning variant that also drops the very hardest. ``order`` adds a
+    curriculum with the linear pacing of Wu, Dyer & Neyshabur 2021, "When Do Curricula Work?". The defaults train
+    on every example in the sampler's random order, exactly as without this section.
+    """
+
+    keep: float = option(1.0, gt=0.0, le=1.0, help="fraction of the workload's training examples trained on: "
+                                                   "round(keep * N) of them (1: all; Paul et al. keep 0.5 of "
+                                                   "CIFAR-10 at no loss)")
+    select: Literal["hardest", "easiest", "random"] = option(
+        "hardest", help="which examples keep < 1 keeps: hardest (highest score; Paul et al.), easiest (lowest), or "
+                        "random (the control arm, drawn with data.seed); score ties go to the lower index")
+    skip_hardest: float = option(0.0, ge=0.0, lt=1.0, help="fraction of the training examples with the highest "
+                                                           "scores dropped before selecting (Paul et al. at high "
+                                                           "pruning: the hardest may be mislabelled); 0: off")
+    scores: tuple[str, ...] = option((), help="scores CSV files (index,<score>,... with one row per training "
+                                              "example, e.g. RUN/data_diet/step_K.csv); several (comma list) are "
+                                              "averaged per example, as Paul et al. average over initialisations")
+    score: str = option("el2n", help="the column of data.scores to use: el2n or grand (probes=data_diet), or any "
+                                     "column of your own scores file")
+    seed: int = seed_option(help="seed of select=random's draw (its own: the subset stays fixed across run seeds)")
+    order: Literal["random", "curriculum", "anti_curriculum"] = option(
+        "random", help="random: the sampler's shuffled epochs; curriculum: easy to hard by score; anti_curriculum: "
+                       "hard to easy. A curriculum step draws its batch uniformly from the first n(t) rows of that "
+                       "ordering, n(t) growing linearly (Wu et al. 2021)")
+    start: float = option(0.2, gt=0.0, le=1.0, help="curriculum: fraction of the kept examples available at step 0 "
+                                                    "(Wu et al.'s b)")
+    pace: float = option(0.8, gt=0.0, help="curriculum: fraction of steps after which every kept example is "
+                                           "available (Wu et al.'s a; > 1: never all)")
+    selected: str | None = option(None, help="written by the trainer to config.yaml: 'K/N sha256:HEX' of the "
+                                             "training rows a diet chose, in order; a config carrying it (a "
+                                             "resume, a rerun) refuses a selection that differs, e.g. a changed "
+                                             "scores file")
+
+    def validate(self) -> None:
+        """Options that nothing reads are refused, as in the other sections; the scores are read at build time."""
+        defaults = DataOptions()
+        uses_scores = (self.keep < 1 and self.select != "random") or self.skip_hardest > 0 or self.order != "random"
+        # (a sum that is 1 in decimals can be 1 + 2**-52 in floats; the counts are checked exactly once N is known)
+        if self.keep + self.skip_hardest > 1 + 1e-12:
+            raise ConfigError("skip_hardest", f"data.keep + data.skip_hardest must be at most 1 (keep {self.keep:g} "
+                                              f"of the examples after skipping {self.skip_hardest:g})")
+        if uses_scores and not self.scores:
+            needs = ("data.order=" + self.order if self.order != "random"
+                     else "data.skip_hardest" if self.skip_hardest > 0 else f"data.select={self.select}")
+            raise ConfigError("scores", f"{needs} needs per-example scores: give a scores CSV, e.g. "
+                                        f"data.scores=RUN/data_diet/step_K.csv (probes=data_diet writes them)"
+                              + (", or data.select=random" if needs.startswith("data.select") else ""))
+        if self.scores and not uses_scores:
+            raise ConfigError("scores", "nothing reads them: they serve data.keep < 1 with select=hardest or "
+                                        "easiest, data.skip_hardest or data.order=curriculum/anti_curriculum")
+        if self.score != defaults.score and not self.scores:
+            raise ConfigError("score", "names a column of data.scores, and none is given")
+        if not self.score.strip() or self.score == "index":
+            raise ConfigError("score", f"names a score column (e.g. el2n or grand), got {shorten(self.score)}")
+        if any(not path.strip() for path in self.scores):
+            raise ConfigError("scores", "an empty file name in the list")
+        if self.select != defaults.select and self.keep == 1:
+            raise ConfigError("select", "chooses which examples data.keep < 1 keeps; data.keep=1 keeps them all")
+        if self.seed != defaults.seed and not (self.select == "random" and self.keep < 1):
+            raise ConfigError("seed", "seeds data.select=random with data.keep < 1 only")
+        curriculum = self.order != "random"
+        for key in ("start", "pace"):
+            if getattr(self, key) != getattr(defaults, key) and not curriculum:
+                raise ConfigError(key, "applies to data.order=curriculum or anti_curriculum only")
+        active = self.keep < 1 or curriculum
+        if self.selected is not None:
+            if not active:
+                raise ConfigError("selected", "records a diet's choice (data.keep < 1 or a curriculum); this config "
+                                              "trains on every example in random order")
+            if not _is_selection_record(self.selected):
+                raise ConfigError("selected", f"is written by the trainer as 'K/N sha256:HEX' (16 hex digits), "
+                                              f"got {shorten(self.selected)}")
+
+
+def _is_selection_record(text: str) -> bool:
+    """Whether ``text`` has the form of :attr:`DataOptions.selected`: ``K/N sha256:`` and 16 lowercase hex digits."""
+    counts, _, digest = text.partition(" sha256:")
+    kept, _, total = counts.partition("/")
+    return (all(part.isascii() and part.isdigit() for part in (kept, total)) and len(digest) == 16
+            and all(c in "0123456789abcdef" for c in digest))
+
+
 SECTIONS: dict[str, type] = {"loss": LossOptions, "param": ParamOptions, "probes": ProbeOptions, "dist": DistOptions,
-                             "continual": ContinualOptions}
+                             "continual": ContinualOptions, "data": DataOptions}
 # the key a section's bare value sets: `probes=weights,hessian` is `probes.names=weights,hessian`
 SECTION_VALUE_KEY = {"loss": "function", "param": "init", "probes": "names", "dist": "strategy",
-                     "continual": "method"}
+                     "continual": "method", "data": "keep"}
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainOptions))
 # Options that may change when resuming without breaking bit-identical continuation.
@@ -318,6 +416,7 @@ class RunConfig:
     probes: ProbeOptions = field(default_factory=ProbeOptions)
     dist: DistOptions = field(default_factory=DistOptions)
     continual: ContinualOptions = field(default_factory=ContinualOptions)
+    data: DataOptions = field(default_factory=DataOptions)
     # components taken from the workload's recipe because no layer named one (said in config.yaml and at start)
     from_recipe: tuple[str, ...] = field(default=(), compare=False)
 

@@ -282,6 +282,8 @@ def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str
         note = cfg.recipe_note()
         if note and not resuming:
             log.message(f"  {note}")
+        if t.diet is not None and not resuming:  # training on a subset: say which, before it trains
+            log.message(f"  {t.diet.note()}")
     t.prober.message = log.message
 
     stop = StopFlag()
@@ -351,6 +353,8 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) 
         **summarize.continual_summary(rows, t.steps),  # a task sequence's matrix, ACC/BWT/FWT, stability gaps
         "divergence": divergence_summary(s),
         "probes": {"cost": summarize.probe_cost(rows, t.cfg.probes.names), "skipped": dict(t.prober.skipped)},
+        **({"data": {"kept": t.diet.kept, "of": t.diet.n_total, "selected": t.diet.record}}
+           if t.diet is not None else {}),
         "event_list": [e.to_dict() for e in s.tracker.events],
         "parameters": sum(p.numel() for p in t.model.parameters()),
         "device": str(t.env.device),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -33,7 +33,8 @@ from trainlab.optim.protocol import Capabilities, capabilities
 from trainlab.train.config import RunConfig
 from trainlab.continual.controller import Continual, MaskedHead
 from trainlab.continual.sequence import TaskSampler, TaskSequence
-from trainlab.train.data import BatchSampler
+from trainlab.train import diet as diets
+from trainlab.train.data import BatchSampler, PacedSampler
 from trainlab.train.prober import Prober
 from trainlab.workloads.base import Dataset, Workload
 
@@ -59,6 +60,7 @@ class Training:
     schedule: Callable[[int], float]  # step -> lr multiplier
     continual: Continual | None = None  # a task sequence's tasks, method and per-task evaluation
     eval_steps: frozenset[int] = frozenset()  # evaluations beyond every eval_every (a sequence's task switches)
+    diet: diets.Diet | None = None  # the data section's subset and order of the training set (None: all, random)
 
     @property
     def steps(self) -> int:
@@ -117,11 +119,20 @@ def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> T
     torch.manual_seed(t.seed)
     workload = workloads.build(cfg.workload.name, **cfg.workload.kwargs())
     kind = input_kind_for(workload, cfg.model.name)
+    if isinstance(workload, TaskSequence):
+        diets.refuse_for_sequences(cfg.data, workload.name)
     with _memory_errors(f"the data of workload {workload.name}", "workload", cfg.workload.kwargs()):
         data = _to(workload.data(kind), env.device, dtype)  # type: ignore[arg-type]
     spec = workload.spec(kind)  # type: ignore[arg-type]
+    # A data diet: the run's training set is the chosen rows, in their order, from here on (sampler, objective,
+    # evaluation, probes); the config it saves records which rows (data.selected), so a resume can check them.
+    diet = diets.plan(cfg.data, data.n_train)
+    if diet is not None:
+        data = diet.apply(data)
+        cfg = replace(cfg, data=replace(cfg.data, selected=diet.record))
     if t.batch_size and t.batch_size > data.n_train:  # the sampler would silently train full batch
-        raise RunError(f"batch_size={t.batch_size} exceeds the {data.n_train:,} training examples of workload "
+        kept = f" that data.keep={cfg.data.keep:g} keeps" if diet is not None else ""
+        raise RunError(f"batch_size={t.batch_size} exceeds the {data.n_train:,} training examples{kept} of workload "
                        f"{workload.name}; batch_size=0 trains on the full batch")
     check_model_fits(cfg, spec, dtype, env.device)
     with _memory_errors(f"model {cfg.model.name}", "model", cfg.model.kwargs()):
@@ -150,6 +161,9 @@ def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> T
         assert t.steps is not None and t.batch_size is not None and t.eval_every is not None
         sampler: BatchSampler | TaskSampler = BatchSampler(data.n_train, t.batch_size, t.seed, env.rank,
                                                            env.world_size)
+        if cfg.data.order != "random":  # the rows are in curriculum order: batches from a growing prefix
+            sampler = PacedSampler(data.n_train, t.batch_size, t.seed, t.steps, cfg.data.start, cfg.data.pace,
+                                   env.rank, env.world_size)
         continual = None
         if isinstance(workload, TaskSequence):
             tasks = workload.tasks(kind)  # type: ignore[arg-type]
@@ -170,6 +184,7 @@ def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> T
             base_lrs=tuple(float(g["lr"]) for g in optimizer.param_groups),
             schedule=schedules.build(cfg.schedule.name, t.steps, **cfg.schedule.kwargs()),
             continual=continual, eval_steps=continual.eval_steps if continual is not None else frozenset(),
+            diet=diet,
         )
     except BaseException:
         strategy.finish()  # a one-process group made for this run goes with it
