@@ -79,6 +79,8 @@ def train_loop(t: Training, s: TrainState, rd: RunDir, log: RunLog, stop: StopFl
         if s.step >= steps:
             return "completed"
         t.prober.before_step(t.model, s.step)
+        if t.pruner is not None and t.env.is_main:  # the weights a later run may rewind to (prune.rewind_step)
+            t.pruner.keep_rewind_point(s.step, rd.path)
         loss = train_step(t, s)
         watch.add(s.step - 1, loss)  # the step just taken
         log.step(s.step, loss)
@@ -115,6 +117,8 @@ def pause(t: Training, s: TrainState, rd: RunDir, log: RunLog, wall0: float, due
         row = evaluate(t, s, wall) if due.evaluating else timing_row(t, s, wall)
         if due.probing:
             row.update(t.prober.run(t.model, s.step, row["lr"], rd.path))
+        if t.pruner is not None:  # the fraction of prunable weights the masks zero (counted at pruning steps)
+            row["sparsity"] = t.pruner.sparsity()
         new = s.tracker.update(row)
     ending = end_of_run(t, s, row, new, due.evaluating) if row is not None else None
     if ending == "diverged":
@@ -213,6 +217,8 @@ def train_step(t: Training, s: TrainState) -> Tensor:
     t.optimizer.zero_grad(set_to_none=True)
     total = batch_loss(t, losses, step, len(idx))
     (total if penalty is None else total + penalty).backward()
+    if t.pruner is not None:  # clipping, the traced norm and the optimizer's moments see the sub-network only
+        t.pruner.mask_grads_()
     grad_norm = None
     if t.cfg.train.grad_clip is not None:
         grad_norm = s.grad_norm = _local(torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.train.grad_clip))
@@ -227,6 +233,8 @@ def train_step(t: Training, s: TrainState) -> Tensor:
         s.trace.append((step, t.logged_lr(step), loss, grad_norm))  # type: ignore[arg-type]
     if t.continual is not None:  # the method's per-step work; at a task's last step, its end-of-task work
         t.continual.after_step(step, idx, t.model, t.hooks)
+    if t.pruner is not None:  # last: nothing the step did (decay, momentum, a method's update) revives a weight
+        t.pruner.after_step(step + 1)
     s.step += 1
     return loss
 

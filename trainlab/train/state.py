@@ -79,6 +79,8 @@ def checkpoint_payload(t: Training, s: TrainState, wall: float) -> dict[str, Any
                "world_size": strategy.world_size, "strategy_name": strategy.name, "config": t.cfg.to_plain()}
     if t.continual is not None:  # the method's buffers and Fishers
         payload["continual"] = t.continual.state_dict()
+    if t.pruner is not None:  # the masks (and the schedule's start): a resume must prune exactly as before
+        payload["prune"] = t.pruner.state_dict()
     if strategy.per_rank_state and strategy.world_size > 1:
         # DiLoCo's workers hold different weights and inner-optimizer states between outer steps: keep each.
         # (gather_object pickles over the process group between this run's own processes; files never are.)
@@ -178,6 +180,10 @@ def restore(t: Training, payload: dict[str, Any]) -> TrainState:
         t.objective.load_state_dict(payload.get("objective", {}))
         if t.continual is not None:
             t.continual.load_state_dict(payload.get("continual", {}))
+        if t.pruner is not None:
+            if "prune" not in payload:
+                raise ValueError("the checkpoint holds no pruning masks")
+            t.pruner.load_state_dict(payload["prune"])
         torch.set_rng_state(payload["rng"]["torch"])
         if "cuda" in payload["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
@@ -201,6 +207,7 @@ _PAYLOAD: dict[str, tuple[str, bool]] = {
     "event_state": ("mapping", False), "strategy": ("mapping", False), "objective": ("mapping", False),
     "probe_initial": ("mapping", False), "config": ("mapping", False), "strategy_name": ("string", False),
     "world_size": ("int", False), "ranks": ("list", False), "continual": ("mapping", False),
+    "prune": ("mapping", False),
 }
 # kind -> (the types it allows, how a message names it)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -227,7 +234,7 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
         elif not _is_kind(payload[key], kind):
             return f"{key!r} is {type(payload[key]).__name__}, not {_KINDS[kind][1]}"
     return (_numbers_problem(payload) or _rng_problem(payload["rng"]) or _events_problem(payload)
-            or _states_problem(payload) or _config_problem(payload.get("config")))
+            or _states_problem(payload) or _config_problem(payload.get("config")) or _prune_problem(payload))
 
 
 def _is_kind(value: Any, kind: str) -> bool:
@@ -276,6 +283,23 @@ def _states_problem(payload: dict[str, Any]) -> str | None:
         if "strategy" in local and not isinstance(local["strategy"], dict):
             return f"'{prefix}strategy' is {type(local['strategy']).__name__}, not a mapping"
     return _tensors_problem("probe_initial", payload.get("probe_initial", {}))
+
+
+def _prune_problem(payload: dict[str, Any]) -> str | None:
+    """A pruning run's ``prune`` entry: a ``masks`` mapping of names to bool tensors, and s_i as a number."""
+    state = payload.get("prune")
+    if state is None:
+        return None
+    problem = _tensors_problem("prune.masks", state.get("masks"))
+    if problem is not None:
+        return problem
+    bad = next((k for k, v in state["masks"].items() if v.dtype != torch.bool), None)
+    if bad is not None:
+        return f"'prune.masks' holds {bad!r}: {state['masks'][bad].dtype}, not a bool mask"
+    initial = state.get("initial", 0.0)
+    if not (_is_kind(initial, "number") and 0 <= initial <= 1):
+        return f"'prune.initial' is {initial!r}, not a fraction"
+    return None
 
 
 def _tensors_problem(key: str, value: Any) -> str | None:
