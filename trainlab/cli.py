@@ -39,6 +39,7 @@ keys: workload, model, optimizer, schedule name a component (its defaults apply)
       grad_clip, threshold, device (auto|cpu|cuda|mps), dtype (float32|float64),
       autocast (auto|off|bf16), compile, tensorboard, trace, name;
       sections loss.KEY, param.KEY, probes.KEY, data.KEY (data diets: data=0.5 data.scores=CSV), continual.KEY,
+      prune.KEY (prune=magnitude|neurons), batch.KEY (batch.lr_rule=linear|sqrt, batch.steps_rule=epochs),
       dist.KEY (dist=ddp|zero1|fsdp|diloco|streaming_diloco).
       `trainlab list workloads --options` shows every component's options and defaults.
 """
@@ -49,6 +50,7 @@ examples:
   trainlab list optimizers
   trainlab list models --options
   trainlab list methods --options      # continual learning: each method's paper and continual.* options
+  trainlab list pruning --options      # pruning methods and the prune.* options
 """
 
 LAW_EXAMPLES = """\
@@ -229,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list registered components", epilog=LIST_EXAMPLES, formatter_class=fmt,
                          description="List the registered workloads, models, optimizers, schedules, probes, "
-                                     "distributed strategies or continual-learning methods.")
+                                     "distributed strategies, continual-learning methods or pruning methods.")
     lst.add_argument("what", choices=["workloads", "models", "optimizers", "schedules", "probes", "strategies",
-                                      "methods"])
+                                      "methods", "pruning"])
     lst.add_argument("--options", action="store_true", help="also show each component's options and defaults")
 
     exp = sub.add_parser("export", help="write a run's final weights as safetensors", epilog=EXPORT_EXAMPLES,
@@ -430,6 +432,18 @@ def cmd_list(ns: argparse.Namespace) -> int:
             print("\noptions (dist.KEY=VALUE; each names the strategies it applies to):")
             for name, type_name, default, help_text in describe_options(DistOptions):
                 print(f"    dist.{name} = {default!r}  ({type_name}) {help_text}")
+        return 0
+    if ns.what == "pruning":
+        from trainlab.prune.methods import PRUNE_METHODS
+        from trainlab.train.config import PruneOptions
+
+        width = max(len(e.name) for e in PRUNE_METHODS)
+        for method in PRUNE_METHODS:
+            print(f"{method.name:<{width}}  {method.summary}")
+        if ns.options:
+            print("\noptions (prune.KEY=VALUE):")
+            for name, type_name, default, help_text in describe_options(PruneOptions):
+                print(f"    prune.{name} = {default!r}  ({type_name}) {help_text}")
         return 0
     module, attribute = REGISTRIES[ns.what]
     registry = getattr(importlib.import_module(module), attribute)

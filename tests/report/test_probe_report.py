@@ -482,3 +482,50 @@ def test_robustness_report_has_captioned_figures(tmp_path):
     assert "robustness: Accuracy under attack: clean accuracy and accuracy under PGD" in page
     assert "certified: Verified accuracy at each radius eps" in page
     assert "<td>robust</td>" in page  # in the events table too
+
+
+def make_info_plane_run(root: Path, name: str, layers: int = 3) -> Path:
+    """A fake run whose rows carry info_plane keys: layer i moves from (2 + i, 0.2) to (6 - i, 1.0 - 0.1 i)."""
+    run_dir = make_probe_run(root, name)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]["step"]
+    for row in rows:
+        f = row["step"] / last
+        for method in ("fixed", "adaptive"):
+            for i in range(layers):
+                row[f"info_plane/{method}/I_XT/layer{i}"] = 2.0 + i + f * (4.0 - 2 * i)
+                row[f"info_plane/{method}/I_TY/layer{i}"] = 0.2 + f * (0.8 - 0.1 * i)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_dir
+
+
+def test_info_plane_figure_is_written_with_a_path_per_layer(tmp_path):
+    from trainlab.report.probe_plots import _info_plane_figure, plot_info_plane, plot_probes
+
+    run = load_run(make_info_plane_run(tmp_path, "ip"))
+    written = plot_probes(run, tmp_path / "plots")
+    plane = tmp_path / "plots" / "probe_info_plane_plane.png"
+    assert plane in written and (tmp_path / "plots" / "probe_info_plane.png") in written
+    assert_png(plane, 10_000)
+    fig = _info_plane_figure(run, {"fixed": [0, 1, 2], "adaptive": [0, 1, 2]})
+    axes = [ax for ax in fig.axes if ax.get_xlabel() == "I(X;T) (bits)"]
+    assert [ax.get_title(loc="left") for ax in axes] == ["fixed bins", "adaptive bins"]
+    steps = run.series("info_plane/fixed/I_XT/layer1")[0]
+    for ax in axes:
+        assert len(ax.lines) == 3  # one path per layer, drawn through the probed steps
+        path = ax.lines[1]
+        np.testing.assert_allclose(path.get_xdata(), run.series("info_plane/fixed/I_XT/layer1")[1])
+        np.testing.assert_allclose(path.get_ydata(), run.series("info_plane/fixed/I_TY/layer1")[1])
+        colours = ax.collections[1].get_array()  # the points are coloured by their step
+        np.testing.assert_allclose(np.asarray(colours), steps)
+        assert sorted(t.get_text() for t in ax.texts) == ["layer 0", "layer 1", "layer 2"]
+    assert any(ax.get_ylabel() == "step" for ax in fig.axes)  # the colour bar
+    # the curves figure groups the keys: a panel per estimator and quantity, a line per layer
+    panels = probe_panels("info_plane", run.probes["info_plane"])
+    assert [p.title for p in panels] == ["I(X;T) per layer, fixed bins (bits)", "I(T;Y) per layer, fixed bins (bits)",
+                                         "I(X;T) per layer, adaptive bins (bits)",
+                                         "I(T;Y) per layer, adaptive bins (bits)"]
+    assert all(p.per_layer and p.labels == ["layer 0", "layer 1", "layer 2"] for p in panels)
+    # a run without info_plane keys gets no plane
+    assert plot_info_plane(load_run(make_probe_run(tmp_path, "plain")), tmp_path / "plain-plots") == []
+    assert not (tmp_path / "plain-plots").exists()

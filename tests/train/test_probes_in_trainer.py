@@ -15,7 +15,8 @@ TINY = ["workload.p=11", "workload.train_frac=0.5", "steps=6", "eval_every=3", "
 MODELS = {  # model -> (workload overrides, probes that cannot apply to it)
     "mlp": ([], {"attention_entropy"}),
     "transformer": (["model.d_model=16", "model.n_head=2", "model.n_layer=1"],
-                    {"local_complexity", "jacobian", "robustness", "certified"}),  # token inputs
+                    {"local_complexity", "jacobian", "robustness", "certified",  # token inputs
+                     "info_plane"}),  # no body.act<i> hidden activations
     "cnn1d": (["workload=mnist1d", "workload.num_samples=200", "model.channels=4"],
               {"attention_entropy"}),
 }

@@ -8,6 +8,8 @@
   eigenvalue (and the update's sharpness) the curve 2/lr from each probed row's learning rate. Accuracies at
   several radii share one panel on a linear 0-1 scale: ``robustness``'s clean and ``adv_acc_eps*`` keys
   ("accuracy under attack"), ``certified``'s ``verified_acc_eps*``, marked with the ``robust`` event.
+  ``info_plane`` also gets its information plane, ``probe_info_plane_plane.png`` (:func:`plot_info_plane`): per
+  estimator, I(X;T) on x and I(T;Y) on y, one line per layer through the probed steps, points coloured by step.
 - :func:`plot_compare_probes`: for several runs, one figure per probe key that more than one run recorded
   (:func:`shared_probe_keys` orders them, most telling first), the runs overlaid in their comparison colours.
 
@@ -48,7 +50,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["MAX_COMPARE_FIGURES", "plot_compare_probes", "plot_probes", "probe_events", "shared_probe_keys"]
+__all__ = ["MAX_COMPARE_FIGURES", "plot_compare_probes", "plot_info_plane", "plot_probes", "probe_events",
+           "shared_probe_keys"]
 
 MAX_LEGEND_LINES = 8  # per-layer panels: label the first and last layers, colour the rest by depth
 MAX_PANELS = 9  # keys beyond these share one last panel
@@ -110,6 +113,9 @@ _PRIORITY = (
     "jacobian/centroid_alignment", "noise_scale/b_simple", "data_diet/el2n_mean",
 )  # fmt: skip
 _LAYER_KEY = re.compile(r"^layer(\d+)_(.+)$")
+# info_plane's keys: <estimator>/<I_XT or I_TY>/layer<i> (trainlab.probes.info_plane), in bits.
+_INFO_KEY = re.compile(r"^(\w+)/(I_XT|I_TY)/layer(\d+)$")
+_INFO_TITLES = {"I_XT": "I(X;T)", "I_TY": "I(T;Y)"}
 
 
 @dataclass
@@ -143,6 +149,11 @@ def probe_panels(probe: str, keys: Sequence[str]) -> list[Panel]:
 
     for title, members in _GROUPS.get(probe, []):
         take(title, members)
+    if probe == "info_plane":  # one panel per estimator and quantity, a line per layer
+        for (method, quantity), layers in _info_groups(keys).items():
+            take(f"{_INFO_TITLES[quantity]} per layer, {method} bins (bits)",
+                 [f"{method}/{quantity}/layer{i}" for i in layers], per_layer=True,
+                 labels=[f"layer {i}" for i in layers])
     if probe in _EPS_GROUPS:
         title, clean, prefix = _EPS_GROUPS[probe]
         radii = sorted((k for k in keys if _radius(k, prefix) is not None), key=lambda k: _radius(k, prefix) or 0.0)
@@ -198,6 +209,16 @@ def _radius(key: str, prefix: str) -> float | None:
         return None
 
 
+def _info_groups(keys: Sequence[str]) -> dict[tuple[str, str], list[int]]:
+    """info_plane keys by (estimator, quantity): the layers, ascending."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for k in keys:
+        m = _INFO_KEY.match(k)
+        if m:
+            out.setdefault((m.group(1), m.group(2)), []).append(int(m.group(3)))
+    return {key: sorted(layers) for key, layers in out.items()}
+
+
 def _layer_label(name: str, limit: int = 26) -> str:
     name = name.removesuffix(".weight")
     return name if len(name) <= limit else "\u2026" + name[-(limit - 1):]
@@ -230,7 +251,75 @@ def plot_probes(run: Run, out_dir: str | Path) -> list[Path]:
             file = out / f"{stem}{'_logx' if logx else ''}.png"
             _save(_probe_figure(run, probe, panels, marks, logx), file)
             written.append(file)
+    if "info_plane" in probes:
+        written += plot_info_plane(run, out)
     return written
+
+
+def plot_info_plane(run: Run, out_dir: str | Path) -> list[Path]:
+    """Write ``probe_info_plane_plane.png`` (Shwartz-Ziv & Tishby's information plane) when ``run`` recorded both
+    I(X;T) and I(T;Y) of a layer; returns the paths written (none otherwise)."""
+    groups = _info_groups(run.probes.get("info_plane", []))
+    layers = {method: sorted(set(xt) & set(groups.get((method, "I_TY"), [])))
+              for (method, quantity), xt in groups.items() if quantity == "I_XT"}
+    layers = {method: ls for method, ls in layers.items() if ls}
+    if not layers:
+        return []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    file = out / "probe_info_plane_plane.png"
+    _save(_info_plane_figure(run, layers), file)
+    return [file]
+
+
+def _info_plane_figure(run: Run, layers: dict[str, list[int]]) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.4 * len(layers) + 1.2, 4.2), dpi=DPI)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.1, right=0.88, bottom=0.13, top=0.84, wspace=0.3)
+    axes = fig.subplots(1, len(layers), squeeze=False).ravel()
+    points: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for method, ls in layers.items():
+        for i in ls:
+            xt = run.series(f"info_plane/{method}/I_XT/layer{i}")
+            ty = run.series(f"info_plane/{method}/I_TY/layer{i}")
+            if xt is None or ty is None:
+                continue
+            # The probe writes both keys in one row; pair them by step all the same (a null leaves a gap).
+            y_at = dict(zip(ty[0].tolist(), ty[1].tolist()))
+            steps = np.array([s for s in xt[0].tolist() if s in y_at], dtype=np.float64)
+            x = np.array([v for s, v in zip(xt[0].tolist(), xt[1].tolist()) if s in y_at], dtype=np.float64)
+            y = np.array([y_at[s] for s in steps.tolist()], dtype=np.float64)
+            keep = np.isfinite(x) & np.isfinite(y)
+            points[(method, i)] = (steps[keep], x[keep], y[keep])
+    every = [p[0] for p in points.values() if p[0].size]
+    lo, hi = (float(min(s.min() for s in every)), float(max(s.max() for s in every))) if every else (0.0, 1.0)
+    norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1.0)
+    scatter = None
+    for ax, (method, ls) in zip(axes, layers.items()):
+        _style_axes(ax)
+        for i in ls:
+            steps, x, y = points.get((method, i), (np.empty(0),) * 3)
+            if not steps.size:
+                continue
+            ax.plot(x, y, color="#9a9a9a", lw=0.9, zorder=1)  # the layer's path through training
+            scatter = ax.scatter(x, y, c=steps, cmap="viridis", norm=norm, s=16, zorder=2, edgecolors="none")
+            ax.annotate(f"layer {i}", (x[-1], y[-1]), xytext=(4, 2), textcoords="offset points", fontsize=7)
+        ax.margins(x=0.14, y=0.08)  # room for the layer labels at the paths' ends
+        ax.set_title(f"{_text(method)} bins", loc="left", fontsize=9)
+        ax.set_xlabel("I(X;T) (bits)", fontsize=8)
+        ax.set_ylabel("I(T;Y) (bits)", fontsize=8)
+        ax.tick_params(which="both", labelsize=7.5)
+    if scatter is not None:
+        bar = fig.colorbar(scatter, ax=list(axes), fraction=0.04, pad=0.02)
+        bar.set_label("step", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    fig.suptitle(f"{_text(run.name)}: information plane (probe info_plane)", x=0.01, ha="left", y=0.97, va="top",
+                 fontsize=11)
+    return fig
 
 
 def _probe_figure(run: Run, probe: str, panels: list[Panel], marks: list[tuple[str, float]], logx: bool) -> Figure:

@@ -207,6 +207,12 @@ class ProbeOptions:
     nfk_top: int = option(3, ge=1, le=32, help="nfk: top eigenvalues reported")
     nfk_labels: Literal["true", "model"] = option("true", help="nfk: scores at the true labels (empirical Fisher) "
                                                                "or at labels sampled from the model (Fisher)")
+    opposing_signals_fraction: float = option(0.1, gt=0.0, le=1.0, help="opposing_signals: fraction of the probe "
+                                                                       "batch reported as top changers (by |dloss|)")
+    opposing_signals_lr: float = option(0.0, ge=0.0, help="opposing_signals: lr of the virtual SGD step (0: the "
+                                                          "trainer's lr at the probed step)")
+    info_plane_bins: int = option(30, ge=2, help="info_plane: bins per unit (fixed: equal width; adaptive: equal "
+                                                 "counts of distinct values; Shwartz-Ziv & Tishby: 30)")
 
 
 @dataclass(frozen=True)
@@ -378,11 +384,87 @@ def _is_selection_record(text: str) -> bool:
             and all(c in "0123456789abcdef" for c in digest))
 
 
+@dataclass(frozen=True)
+class PruneOptions:
+    """Weight pruning (``trainlab.prune``): which weights are zeroed by a mask, when, and from which run.
+
+    ``prune.method=magnitude`` removes the weights of smallest |w| (Han et al. 2015, "Learning both Weights and
+    Connections for Efficient Neural Networks"); ``neurons`` removes whole hidden units -- rows of a hidden Linear,
+    output channels of a convolution, with their bias and BatchNorm entries -- of smallest L2 (or L1) weight norm
+    (structured pruning, Liu et al. 2019, "Rethinking the Value of Network Pruning"). The fraction pruned follows
+    Zhu & Gupta 2017 ("To prune, or not to prune"): s_t = s_f + (s_i - s_f)(1 - (t - start)/(end - start))^3 at the
+    steps start, start + every, ..., and end (s_i: the fraction already pruned when the run starts, 0 unless
+    from_run). ``from_run`` trains with another pruning run's final masks, starting from that run's final weights
+    (finetune), its weights at step rewind_step (rewind: Frankle & Carbin 2019; Frankle et al. 2020) or a fresh
+    initialisation (scratch: Liu et al. 2019). Prunable: the weights of Linear and convolution layers except the
+    output head. The defaults prune nothing and change nothing.
+    """
+
+    method: Literal["none", "magnitude", "neurons"] = option(
+        "none", help="none: no pruning; magnitude: single weights of smallest |w| (Han et al. 2015); neurons: "
+                     "hidden units / conv channels of smallest weight norm, with their bias (Liu et al. 2019)")
+    sparsity: float = option(0.0, ge=0.0, lt=1.0, help="final fraction s_f of the prunable weights (magnitude) or "
+                                                       "hidden units (neurons) pruned, in [0, 1)")
+    scope: Literal["layer", "global"] = option(
+        "layer", help="layer: every layer pruned to the same fraction (Han et al.; Zhu & Gupta); global: one "
+                      "threshold over all prunable layers (Frankle et al. 2020 for deep nets)")
+    norm: Literal["l2", "l1"] = option("l2", help="neurons: the norm of a unit's incoming weights it is ranked by")
+    start: int = option(0, ge=0, help="step of the schedule's first pruning (Zhu & Gupta's t0)")
+    end: int | None = option(None, ge=0, help="step at which sparsity reaches prune.sparsity (default: the last "
+                                              "step; end = start: one-shot pruning at that step)")
+    every: int = option(100, ge=1, help="steps between prunings of the schedule (Zhu & Gupta's delta t)")
+    from_run: str | None = option(None, help="a pruning run's directory: train with its final masks, fixed from "
+                                             "step 0 (further pruned if prune.method is set)")
+    reset: Literal["finetune", "rewind", "scratch"] = option(
+        "finetune", help="with from_run, the starting weights: finetune: its final weights; rewind: its weights at "
+                         "step prune.rewind_step (Frankle et al.); scratch: a fresh initialisation (Liu et al.)")
+    rewind_step: int = option(0, ge=0, help="the step whose weights a pruning run keeps in RUN/prune/rewind."
+                                            "safetensors, and reset=rewind starts from (0: the initial weights)")
+
+    def validate(self) -> None:
+        """Options that nothing would read are refused; the step bounds are checked once the budget is known."""
+        pruning = self.method != "none" or self.from_run is not None
+        if self.method == "none":
+            for key in ("sparsity", "scope", "norm", "start", "end", "every"):
+                if getattr(self, key) != getattr(PruneOptions, key):
+                    raise ConfigError(key, "applies to prune.method=magnitude or neurons only, not to "
+                                           "prune.method=none")
+        if self.method != "neurons" and self.norm != PruneOptions.norm:
+            raise ConfigError("norm", f"ranks the units of prune.method=neurons, not {self.method}")
+        if self.from_run is None and self.reset != PruneOptions.reset:
+            raise ConfigError("reset", "chooses the starting weights of a run with prune.from_run=RUN_DIR; give one")
+        if not pruning and self.rewind_step != PruneOptions.rewind_step:
+            raise ConfigError("rewind_step", "applies to pruning runs only (prune.method or prune.from_run)")
+        if self.from_run is not None and not self.from_run.strip():
+            raise ConfigError("from_run", "give the directory of a pruning run")
+        if self.end is not None and self.end < self.start:
+            raise ConfigError("end", f"must not come before prune.start={self.start}")
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How the lr and the step budget follow ``batch_size`` (:mod:`trainlab.train.batch_rules`: the formulas)."""
+
+    base: int | None = option(None, ge=1, help="the batch size the recipe's lr and steps are tuned for (default: the "
+                                               "workload's default batch size)")
+    lr_rule: Literal["none", "linear", "sqrt"] = option(
+        "none", help="lr x B/base (linear: SGD, Granziol et al. 2022) or x sqrt(B/base) (sqrt: Hoffer et al. 2017; "
+                     "Adam, Granziol et al.); none: as configured")
+    steps_rule: Literal["iterations", "epochs"] = option(
+        "iterations", help="the workload's step budget at B: as at base (iterations: Hoffer et al.'s regime "
+                           "adaptation) or x base/B (epochs: the same epochs); an explicit steps=N is kept")
+
+    def validate(self) -> None:
+        if self.base is not None and self.lr_rule == "none" and self.steps_rule == "iterations":
+            raise ConfigError("base", "is read by batch.lr_rule or batch.steps_rule=epochs only; set one of them")
+
+
 SECTIONS: dict[str, type] = {"loss": LossOptions, "param": ParamOptions, "probes": ProbeOptions, "dist": DistOptions,
-                             "continual": ContinualOptions, "data": DataOptions}
+                             "continual": ContinualOptions, "data": DataOptions,
+                             "prune": PruneOptions, "batch": BatchOptions}
 # the key a section's bare value sets: `probes=weights,hessian` is `probes.names=weights,hessian`
 SECTION_VALUE_KEY = {"loss": "function", "param": "init", "probes": "names", "dist": "strategy",
-                     "continual": "method", "data": "keep"}
+                     "continual": "method", "data": "keep", "prune": "method", "batch": "lr_rule"}
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainOptions))
 # Options that may change when resuming without breaking bit-identical continuation.
@@ -417,6 +499,8 @@ class RunConfig:
     dist: DistOptions = field(default_factory=DistOptions)
     continual: ContinualOptions = field(default_factory=ContinualOptions)
     data: DataOptions = field(default_factory=DataOptions)
+    prune: PruneOptions = field(default_factory=PruneOptions)
+    batch: BatchOptions = field(default_factory=BatchOptions)
     # components taken from the workload's recipe because no layer named one (said in config.yaml and at start)
     from_recipe: tuple[str, ...] = field(default=(), compare=False)
 
@@ -615,7 +699,7 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
                                             "dist.strategy=ddp")
     train = replace(
         train,
-        steps=train.steps if train.steps is not None else wl_cls.budget(workload.options),
+        steps=train.steps if train.steps is not None else _budget(wl_cls, workload, train, sections["batch"]),
         eval_every=train.eval_every if train.eval_every is not None else wl_cls.default_eval_every,
         batch_size=train.batch_size if train.batch_size is not None else wl_cls.default_batch_size,
         threshold=train.threshold if train.threshold is not None else wl_cls.threshold,
@@ -630,6 +714,21 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
     # A schedule whose options do not fit the step budget is a config error, found now rather than later.
     schedules.build(schedule.name, train.steps, **schedule.kwargs())
     return RunConfig(workload, model, optimizer, schedule, train, **sections, from_recipe=tuple(from_recipe))
+
+
+def _budget(wl_cls: type[workloads.Workload], workload: Component, train: TrainOptions, batch: BatchOptions) -> int:
+    """The workload's step budget, scaled by ``batch.steps_rule`` for ``batch_size`` against ``batch.base``."""
+    from trainlab.train.batch_rules import scaled_steps
+
+    budget = wl_cls.budget(workload.options)
+    if batch.steps_rule == "iterations":
+        return budget
+    size = train.batch_size if train.batch_size is not None else wl_cls.default_batch_size
+    base = batch.base if batch.base is not None else wl_cls.default_batch_size
+    if not size or not base:
+        raise ConfigError("batch.steps_rule", f"epochs needs batch sizes in examples, not full batch (batch_size="
+                                              f"{size}, batch.base={base}): set batch_size and batch.base")
+    return scaled_steps(batch.steps_rule, budget, size, base)
 
 
 def check_sequence(wl_cls: type[workloads.Workload], workload: Component, train: TrainOptions, sections: dict[str, Any]) -> None:
@@ -647,6 +746,9 @@ def check_sequence(wl_cls: type[workloads.Workload], workload: Component, train:
                                    f"workload.steps_per_task instead of steps={train.steps}")
     if sections["dist"] != DistOptions():
         raise ConfigError("dist", "task sequences train in one process (the default dist section)")
+    if sections["batch"].steps_rule != "iterations":
+        raise ConfigError("batch.steps_rule", "a task sequence trains workload.steps_per_task x tasks steps; change "
+                                              "workload.steps_per_task instead")
 
 
 def _check_probe_names(options: ProbeOptions) -> None:

@@ -284,6 +284,9 @@ def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str
             log.message(f"  {note}")
         if t.diet is not None and not resuming:  # training on a subset: say which, before it trains
             log.message(f"  {t.diet.note()}")
+        if cfg.batch.lr_rule != "none" and not resuming:
+            log.message(f"  batch.lr_rule={cfg.batch.lr_rule}: lr x {t.batch_lr_factor:.4g} for batch "
+                        f"{cfg.train.batch_size or 'full'}")
     t.prober.message = log.message
 
     stop = StopFlag()
@@ -355,6 +358,10 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) 
         "probes": {"cost": summarize.probe_cost(rows, t.cfg.probes.names), "skipped": dict(t.prober.skipped)},
         **({"data": {"kept": t.diet.kept, "of": t.diet.n_total, "selected": t.diet.record}}
            if t.diet is not None else {}),
+        **({"batch": {"lr_rule": t.cfg.batch.lr_rule, "lr_factor": t.batch_lr_factor,
+                      "steps_rule": t.cfg.batch.steps_rule}}
+           if t.cfg.batch != type(t.cfg.batch)() else {}),
+        **({"prune": t.pruner.summary()} if t.pruner is not None else {}),  # final sparsity, per-layer counts
         "event_list": [e.to_dict() for e in s.tracker.events],
         "parameters": sum(p.numel() for p in t.model.parameters()),
         "device": str(t.env.device),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,7 @@ from trainlab.errors import ConfigError, RunError
 from trainlab.distributed import strategy as strategies
 from trainlab.distributed.env import DistEnv
 from trainlab.losses.objective import Objective, n_classes_of
+from trainlab.train.batch_rules import run_lr_factor
 from trainlab.models.setup import apply_param_options, optimizer_params
 from trainlab.optim.protocol import Capabilities, capabilities
 from trainlab.train.config import RunConfig
@@ -37,6 +38,9 @@ from trainlab.train import diet as diets
 from trainlab.train.data import BatchSampler, PacedSampler
 from trainlab.train.prober import Prober
 from trainlab.workloads.base import Dataset, Workload
+
+if TYPE_CHECKING:
+    from trainlab.prune.pruner import Pruner
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class Training:
     continual: Continual | None = None  # a task sequence's tasks, method and per-task evaluation
     eval_steps: frozenset[int] = frozenset()  # evaluations beyond every eval_every (a sequence's task switches)
     diet: diets.Diet | None = None  # the data section's subset and order of the training set (None: all, random)
+    pruner: Pruner | None = None  # the prune section's masks and schedule (None: no pruning)
+    batch_lr_factor: float = 1.0  # batch.lr_rule's multiplier, already in base_lrs (trainlab.train.batch_rules)
 
     @property
     def steps(self) -> int:
@@ -142,6 +148,11 @@ def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> T
         from trainlab.train.load import load_initial_weights
 
         load_initial_weights(model, t.init_from)
+    pruner = None
+    if cfg.prune.method != "none" or cfg.prune.from_run is not None:  # (a run that does not prune imports nothing)
+        from trainlab.prune.setup import build_pruner
+
+        pruner = build_pruner(cfg, model, env.device, env.world_size, resuming=resuming)
     strategy = strategies.build(cfg.dist, env)
     if cfg.probes.names and cfg.dist.strategy == "fsdp" and env.distributed:
         raise ConfigError("probes", "probes run on the main process alone, but fsdp shards the parameters over all "
@@ -153,6 +164,11 @@ def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> T
         optimizer = strategy.build_optimizer(cfg.optimizer.name, params, cfg.optimizer.kwargs())
         hooks = capabilities(optimizer)
         hooks.train_mode()  # schedule-free optimizers must be in train mode to step
+        if pruner is not None:
+            from trainlab.prune.setup import check_optimizer
+
+            check_optimizer(pruner, cfg.optimizer.name, hooks)
+            pruner.apply_()  # an optimizer that re-initialises the model (agd) must not revive pruned weights
         net = strategy.wrap(model, optimizer)
         if t.compile:
             net = torch.compile(net)  # type: ignore[assignment]
@@ -176,15 +192,17 @@ def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> T
                     raise ConfigError("loss.certified", f"bounds every logit, but {workload.name} trains on logits "
                                                         f"masked to each task's classes")
                 net = MaskedHead(net, continual)
+        lr_factor = run_lr_factor(cfg.batch.lr_rule, cfg.batch.base, t.batch_size, type(workload).default_batch_size,
+                                  data.n_train)
         return Training(
             cfg=cfg, env=env, workload=workload, data=data, model=model, net=net, optimizer=optimizer, hooks=hooks,
             strategy=strategy, sampler=sampler, objective=objective,
             prober=Prober(cfg.probes, t.steps, t.eval_every, loss_fn=objective.primary, data=data),
             autocast=autocast_factory(t.autocast, env.device, dtype),
-            base_lrs=tuple(float(g["lr"]) for g in optimizer.param_groups),
+            base_lrs=tuple(float(g["lr"]) * lr_factor for g in optimizer.param_groups), batch_lr_factor=lr_factor,
             schedule=schedules.build(cfg.schedule.name, t.steps, **cfg.schedule.kwargs()),
             continual=continual, eval_steps=continual.eval_steps if continual is not None else frozenset(),
-            diet=diet,
+            diet=diet, pruner=pruner,
         )
     except BaseException:
         strategy.finish()  # a one-process group made for this run goes with it
