@@ -12,7 +12,6 @@ seeds 0-2, 8000 steps each): all data; EL2N hardest / easiest / random 50%; GraN
 """
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
