@@ -32,8 +32,8 @@ def test_defaults_prune_nothing() -> None:
 
 
 @pytest.mark.parametrize("overrides,key,says", [
-    (["prune.sparsity=0.5"], "prune.sparsity", "prune.method=magnitude or neurons only"),
-    (["prune.start=10"], "prune.start", "prune.method=magnitude or neurons only"),
+    (["prune.sparsity=0.5"], "prune.sparsity", "prune.method=magnitude, neurons or ipr only"),
+    (["prune.start=10"], "prune.start", "prune.method=magnitude, neurons or ipr only"),
     (["prune=magnitude", "prune.norm=l1"], "prune.norm", "units of prune.method=neurons"),
     (["prune=magnitude", "prune.reset=rewind"], "prune.reset", "prune.from_run=RUN_DIR"),
     (["prune.rewind_step=5"], "prune.rewind_step", "pruning runs only"),

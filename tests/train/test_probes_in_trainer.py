@@ -16,9 +16,10 @@ MODELS = {  # model -> (workload overrides, probes that cannot apply to it)
     "mlp": ([], {"attention_entropy"}),
     "transformer": (["model.d_model=16", "model.n_head=2", "model.n_layer=1"],
                     {"local_complexity", "jacobian", "robustness", "certified",  # token inputs
-                     "info_plane"}),  # no body.act<i> hidden activations
+                     "info_plane",  # no body.act<i> hidden activations
+                     "ipr"}),  # no body.fc0 reading one-hot residues
     "cnn1d": (["workload=mnist1d", "workload.num_samples=200", "model.channels=4"],
-              {"attention_entropy"}),
+              {"attention_entropy", "ipr"}),  # ipr: no one-hot modular inputs
 }
 
 

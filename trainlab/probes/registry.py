@@ -312,3 +312,4 @@ from trainlab.probes import spectral_density as _spectral_density  # noqa: E402,
 from trainlab.probes import fisher_kernel as _fisher_kernel  # noqa: E402, F401
 from trainlab.probes import opposing_signals as _opposing_signals  # noqa: E402, F401
 from trainlab.probes import info_plane as _info_plane  # noqa: E402, F401
+from trainlab.probes import ipr as _ipr  # noqa: E402, F401

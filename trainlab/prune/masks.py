@@ -12,6 +12,10 @@ them (Python's rounding, half to even), the smallest first.
   per layer (as ``prune.ln_structured(dim=0)``) or over all layers (one ranking of every unit; raw norms, so layers
   with larger fan-in or weights lose fewer units).
 
+- :func:`ipr_unit_masks` -- Doshi et al. 2024 ("To grok or not to grok"): the units of lowest inverse participation
+  ratio of their weights' Fourier spectrum over the residues (:mod:`trainlab.probes.ipr`; one-hot modular inputs),
+  the memorising ones, per layer.
+
 Pruning never revives: entries (or units) already pruned in ``keep`` rank below every live one and stay pruned,
 so a schedule's masks only shrink, and a layer already sparser than the target keeps its mask.
 """
@@ -60,6 +64,24 @@ def unit_masks(weights: Mapping[str, Tensor], sparsity: float, scope: Scope, nor
         return {name: _largest_kept(s, s.numel() - count_to_prune(sparsity, s.numel())) for name, s in scores.items()}
     flat = torch.cat([s.reshape(-1) for s in scores.values()])
     return _split(_smallest_pruned(flat, count_to_prune(sparsity, flat.numel())), scores)
+
+
+def ipr_unit_masks(weights: Mapping[str, Tensor], sparsity: float, p: int, blocks: int = 2,
+                   keep: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Per weight ``(units, blocks·p)`` (a first layer reading ``blocks`` concatenated one-hot codes of ``p``
+    residues), a keep-mask of its units pruning the fraction ``sparsity`` with the lowest IPR (r = 2,
+    :func:`trainlab.probes.ipr.neuron_ipr`), each layer on its own.
+
+    A live unit with an all-zero block (IPR NaN: it reads nothing of that operand) ranks lowest, above the pruned
+    ones. ``keep``: the current unit masks (units already pruned stay pruned and are counted in the fraction).
+    COST: one FFT of length p per unit and block."""
+    from trainlab.probes.ipr import neuron_ipr  # here, not at the top: trainlab.prune need not load every probe
+
+    out = {}
+    for name, w in weights.items():
+        score = _scores(neuron_ipr(w, p, blocks).nan_to_num(0.0), None if keep is None else keep[name])
+        out[name] = _largest_kept(score, score.numel() - count_to_prune(sparsity, score.numel()))
+    return out
 
 
 def _scores(score: Tensor, keep: Tensor | None) -> Tensor:

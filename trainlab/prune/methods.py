@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from trainlab.prune.masks import magnitude_masks, unit_masks
+from trainlab.prune.masks import ipr_unit_masks, magnitude_masks, unit_masks
 from trainlab.registry import Registry
 
 PRUNE_METHODS: Registry[Callable[..., Any] | None] = Registry("pruning method")
@@ -23,3 +23,9 @@ PRUNE_METHODS.add("neurons", unit_masks, summary="structured: hidden units / con
                                                  "cnn2d)",
                   paper="Liu et al. 2019, Rethinking the Value of Network Pruning; Li et al. 2017, Pruning Filters "
                         "for Efficient ConvNets")
+PRUNE_METHODS.add("ipr", ipr_unit_masks, summary="structured: the first hidden layer's units of lowest inverse "
+                                                 "participation ratio of their weights' Fourier spectrum over the "
+                                                 "residues (the memorising ones), with their bias and BatchNorm "
+                                                 "entries (workload=modular, model=mlp)",
+                  paper="Doshi et al. 2024, To grok or not to grok: Disentangling generalization and memorization on "
+                        "corrupted algorithmic datasets")

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.prune.layers import PrunableLayer
-from trainlab.prune.masks import Scope, magnitude_masks, unit_masks
+from trainlab.prune.masks import Scope, ipr_unit_masks, magnitude_masks, unit_masks
 from trainlab.prune.schedule import is_pruning_step, target_sparsity
 
 
@@ -54,20 +54,22 @@ class Schedule:
 class Pruner:
     """The masks of a run's prunable layers and the schedule that shrinks them.
 
-    ``method``: ``magnitude`` or ``neurons`` prune on ``schedule``; ``none`` keeps the masks fixed (a run with
-    ``prune.from_run`` and no method of its own). ``masks`` holds one mask per masked parameter: every prunable
+    ``method``: ``magnitude``, ``neurons`` or ``ipr`` prune on ``schedule``; ``none`` keeps the masks fixed (a run
+    with ``prune.from_run`` and no method of its own). ``ipr`` ranks the units of the layers given (the setup gives
+    the first hidden layer only) by the IPR of their weights over ``ipr_p`` residues per operand (two operands). ``masks`` holds one mask per masked parameter: every prunable
     weight, plus, for structured pruning, the parameters of each unit's bias and BatchNorm entries.
     """
 
     model: nn.Module
     layers: list[PrunableLayer]
-    method: Literal["none", "magnitude", "neurons"]
+    method: Literal["none", "magnitude", "neurons", "ipr"]
     schedule: Schedule | None
     scope: Scope = "layer"
     norm: Literal["l2", "l1"] = "l2"
     masks: dict[str, Tensor] = field(default_factory=dict)
     rewind_step: int | None = None  # the step whose weights this run keeps for rewinding (None: it keeps none)
     inherited_rewind: bytes | None = None  # the rewind file of a run rewound from (written into this run as is)
+    ipr_p: int = 0  # ipr: the modulus, residues per operand block of the first layer's one-hot inputs
     params: dict[str, nn.Parameter] = field(init=False)
     counts: dict[str, tuple[int, int, int, int]] = field(init=False)  # weight -> (pruned, total, units pruned, units)
 
@@ -79,7 +81,7 @@ class Pruner:
 
     def _masked_names(self) -> list[str]:
         names = [layer.weight for layer in self.layers]
-        if self.method == "neurons":
+        if self.method in ("neurons", "ipr"):
             names += [c for layer in self.layers for c in layer.companions]
         return names
 
@@ -109,13 +111,16 @@ class Pruner:
     @torch.no_grad()
     def prune_to(self, fraction: float) -> None:
         """Shrink the masks so that ``fraction`` of the prunable weights (magnitude) or units (neurons) is
-        pruned, ranking by the current (masked) weights; already pruned entries stay pruned."""
+        pruned, ranking by the current (masked) weights (ipr: by their IPR); already pruned entries stay pruned."""
         weights = {layer.weight: self.params[layer.weight] for layer in self.layers}
         if self.method == "magnitude":
             keep = {name: self.masks[name] for name in weights}
             self.masks.update(magnitude_masks(weights, fraction, self.scope, keep))
-        elif self.method == "neurons":
-            units = unit_masks(weights, fraction, self.scope, self.norm, self.unit_keep())
+        elif self.method in ("neurons", "ipr"):
+            if self.method == "neurons":
+                units = unit_masks(weights, fraction, self.scope, self.norm, self.unit_keep())
+            else:
+                units = ipr_unit_masks(weights, fraction, self.ipr_p, 2, self.unit_keep())
             for layer in self.layers:
                 kept = units[layer.weight]
                 shape = (-1,) + (1,) * (self.masks[layer.weight].dim() - 1)
@@ -151,8 +156,9 @@ class Pruner:
         return pruned / total if total else 0.0
 
     def fraction(self) -> float:
-        """The quantity the schedule steers: :meth:`unit_sparsity` for ``neurons``, else :meth:`sparsity`."""
-        return self.unit_sparsity() if self.method == "neurons" else self.sparsity()
+        """The quantity the schedule steers: :meth:`unit_sparsity` for ``neurons`` and ``ipr``, else
+        :meth:`sparsity`."""
+        return self.unit_sparsity() if self.method in ("neurons", "ipr") else self.sparsity()
 
     def summary(self) -> dict[str, Any]:
         """summary.json's ``prune`` entry: the final fractions and each layer's counts."""

@@ -16,6 +16,9 @@ from trainlab.prune.pruner import Pruner, Schedule
 # activation trainlab offers maps 0 to 0. A transformer's rows are not: its attention projections are split into
 # heads and its MLP's outputs are added to the residual stream.
 STRUCTURED_MODELS = ("mlp", "cnn1d", "cnn2d")
+# prune.method=ipr (Doshi et al. 2024) ranks units by the Fourier spectrum of their weights over the residues of
+# one-hot inputs: defined for an MLP's first hidden layer reading modular's concatenated one-hot codes of a and b.
+IPR_WORKLOAD, IPR_MODEL = "modular", "mlp"
 
 
 def build_pruner(cfg: Any, model: nn.Module, device: Any, processes: int, *, resuming: bool) -> Pruner | None:
@@ -38,6 +41,15 @@ def build_pruner(cfg: Any, model: nn.Module, device: Any, processes: int, *, res
     if p.method == "neurons" and cfg.model.name not in STRUCTURED_MODELS:
         raise ConfigError("prune.method", f"neurons prunes the hidden units of model={'/'.join(STRUCTURED_MODELS)}, "
                                           f"not {cfg.model.name}; use prune.method=magnitude")
+    if p.method == "ipr":
+        if (cfg.workload.name, cfg.model.name) != (IPR_WORKLOAD, IPR_MODEL):
+            raise ConfigError("prune.method", f"ipr ranks the first-layer units of model={IPR_MODEL} reading the one-hot "
+                                              f"residues of workload={IPR_WORKLOAD} (Fourier IPR), not model="
+                                              f"{cfg.model.name} on workload={cfg.workload.name}; use "
+                                              f"prune.method=neurons")
+        if p.scope != "layer":
+            raise ConfigError("prune.scope", "ipr prunes one layer (the first hidden one); scope=global has no "
+                                             "other layer to rank against, leave the default layer")
     end = p.end if p.end is not None else steps
     for name, value in (("start", p.start), ("end", end)):
         if p.method != "none" and value > steps:
@@ -52,9 +64,16 @@ def build_pruner(cfg: Any, model: nn.Module, device: Any, processes: int, *, res
     if not layers:
         raise ConfigError(key, f"model {cfg.model.name} has no Linear or convolution weights to prune besides its "
                                f"output head")
+    ipr_p = 0
+    if p.method == "ipr":  # the first hidden layer only: later layers read hidden units, not residues
+        ipr_p = cfg.workload.options.p
+        layers = [layer for layer in layers if layer.module.rpartition(".")[2] == "fc0"][:1]
+        if not layers or model.get_parameter(layers[0].weight).shape[1] != 2 * ipr_p:
+            raise ConfigError("prune.method", f"ipr needs a first hidden layer body.fc0 reading the 2p = {2 * ipr_p} "
+                                              f"one-hot features; this model has none")
     schedule = Schedule(p.sparsity, p.start, end, p.every) if p.method != "none" else None
     pruner = Pruner(model, layers, p.method, schedule, scope=p.scope, norm=p.norm,
-                    rewind_step=None if inherits else p.rewind_step)
+                    rewind_step=None if inherits else p.rewind_step, ipr_p=ipr_p)
     if resuming:
         return pruner
     if p.from_run is not None:

@@ -400,11 +400,14 @@ class PruneOptions:
     output head. The defaults prune nothing and change nothing.
     """
 
-    method: Literal["none", "magnitude", "neurons"] = option(
+    method: Literal["none", "magnitude", "neurons", "ipr"] = option(
         "none", help="none: no pruning; magnitude: single weights of smallest |w| (Han et al. 2015); neurons: "
-                     "hidden units / conv channels of smallest weight norm, with their bias (Liu et al. 2019)")
-    sparsity: float = option(0.0, ge=0.0, lt=1.0, help="final fraction s_f of the prunable weights (magnitude) or "
-                                                       "hidden units (neurons) pruned, in [0, 1)")
+                     "hidden units / conv channels of smallest weight norm, with their bias (Liu et al. 2019); ipr: "
+                     "the first hidden layer's units of lowest Fourier IPR, the memorising ones (modular + mlp; "
+                     "Doshi et al. 2024)")
+    sparsity: float = option(0.0, ge=0.0, lt=1.0, help="final fraction s_f of the prunable weights (magnitude), "
+                                                       "hidden units (neurons) or first-layer units (ipr) pruned, "
+                                                       "in [0, 1)")
     scope: Literal["layer", "global"] = option(
         "layer", help="layer: every layer pruned to the same fraction (Han et al.; Zhu & Gupta); global: one "
                       "threshold over all prunable layers (Frankle et al. 2020 for deep nets)")
@@ -427,7 +430,7 @@ class PruneOptions:
         if self.method == "none":
             for key in ("sparsity", "scope", "norm", "start", "end", "every"):
                 if getattr(self, key) != getattr(PruneOptions, key):
-                    raise ConfigError(key, "applies to prune.method=magnitude or neurons only, not to "
+                    raise ConfigError(key, "applies to prune.method=magnitude, neurons or ipr only, not to "
                                            "prune.method=none")
         if self.method != "neurons" and self.norm != PruneOptions.norm:
             raise ConfigError("norm", f"ranks the units of prune.method=neurons, not {self.method}")
