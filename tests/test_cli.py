@@ -29,6 +29,21 @@ def test_list():
     assert out.returncode == 0 and "adamw" in out.stdout and "[torch.optim.AdamW]" in out.stdout
     out = cli("list", "workloads", "--options")
     assert "modular" in out.stdout and "workload.p = 97" in out.stdout
+    out = cli("list", "pruning", "--options")
+    assert out.returncode == 0 and "magnitude" in out.stdout and "prune.sparsity = 0.0" in out.stdout
+
+
+def test_list_sections_shows_every_key_of_every_section():
+    from dataclasses import fields
+
+    from trainlab.train.config import SECTIONS
+
+    out = cli("list", "sections", "--options")
+    assert out.returncode == 0
+    for section, options in SECTIONS.items():
+        for f in fields(options):
+            assert f"    {section}.{f.name} = " in out.stdout, f"{section}.{f.name}"
+    assert "batch.lr_rule = 'none'" in out.stdout
 
 
 def imported_by(*args, cwd=None):

@@ -51,6 +51,7 @@ examples:
   trainlab list models --options
   trainlab list methods --options      # continual learning: each method's paper and continual.* options
   trainlab list pruning --options      # pruning methods and the prune.* options
+  trainlab list sections --options     # every section's keys (loss.*, probes.*, data.*, batch.*, ...) and defaults
 """
 
 LAW_EXAMPLES = """\
@@ -231,9 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list registered components", epilog=LIST_EXAMPLES, formatter_class=fmt,
                          description="List the registered workloads, models, optimizers, schedules, probes, "
-                                     "distributed strategies, continual-learning methods or pruning methods.")
+                                     "distributed strategies, continual-learning methods, pruning methods, or the "
+                                     "config sections (loss, param, probes, data, batch, prune, ...) and their keys.")
     lst.add_argument("what", choices=["workloads", "models", "optimizers", "schedules", "probes", "strategies",
-                                      "methods", "pruning"])
+                                      "methods", "pruning", "sections"])
     lst.add_argument("--options", action="store_true", help="also show each component's options and defaults")
 
     exp = sub.add_parser("export", help="write a run's final weights as safetensors", epilog=EXPORT_EXAMPLES,
@@ -432,6 +434,18 @@ def cmd_list(ns: argparse.Namespace) -> int:
             print("\noptions (dist.KEY=VALUE; each names the strategies it applies to):")
             for name, type_name, default, help_text in describe_options(DistOptions):
                 print(f"    dist.{name} = {default!r}  ({type_name}) {help_text}")
+        return 0
+    if ns.what == "sections":
+        from trainlab.train.config import SECTIONS
+
+        for section, options in SECTIONS.items():
+            described = describe_options(options)
+            if not ns.options:
+                print(f"{section:<10} {', '.join(f'{section}.{name}' for name, *_ in described)}")
+                continue
+            print(f"{section}:")
+            for name, type_name, default, help_text in described:
+                print(f"    {section}.{name} = {default!r}  ({type_name}) {help_text}")
         return 0
     if ns.what == "pruning":
         from trainlab.prune.methods import PRUNE_METHODS
