@@ -60,7 +60,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from trainlab.probes.hessian import LossFn, parameter_names, probe_mode
+from trainlab.probes.hessian import LossFn, probe_mode
+from trainlab.probes.noise_scale import functional_state
 from trainlab.probes.rank import effective_rank
 from trainlab.probes.registry import NotApplicable, ProbeContext, register
 
@@ -77,12 +78,8 @@ def per_example_scores(model: nn.Module, loss_fn: LossFn, inputs: Tensor, target
     """
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"inputs and targets differ in length: {inputs.shape[0]} != {targets.shape[0]}")
-    named = dict(model.named_parameters())
-    names = parameter_names(model, params)
-    values = {n: named[n].detach() for n in names}
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
-    n_params = sum(v.numel() for v in values.values())
-    chunk = chunk_size or max(1, 2**22 // n_params)
+    values, buffers, n_params, chunk = functional_state(model, params, chunk_size)
+    names = list(values)
 
     def log_likelihood(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return -loss_fn(functional_call(model, (p, buffers), (x.unsqueeze(0),)), y.unsqueeze(0)).sum()

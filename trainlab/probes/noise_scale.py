@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -75,12 +75,8 @@ def simple_noise_scale(model: nn.Module, loss_fn: LossFn, inputs: Tensor, target
     batch = inputs.shape[0]
     if batch < 2:
         raise ValueError(f"the noise scale needs at least 2 examples, got {batch}")
-    named = dict(model.named_parameters())
-    names = parameter_names(model, params)
-    values = {n: named[n].detach() for n in names}
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
-    n_params = sum(v.numel() for v in values.values())
-    chunk = chunk_size or max(1, 2**22 // n_params)
+    values, buffers, n_params, chunk = functional_state(model, params, chunk_size)
+    names = list(values)
 
     def example_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return loss_fn(functional_call(model, (p, buffers), (x.unsqueeze(0),)), y.unsqueeze(0)).mean()
@@ -125,3 +121,15 @@ def noise_scale_from_batches(g_small_sq: float, g_big_sq: float, b_small: int, b
     grad_sq = (b_big * float(g_big_sq) - b_small * float(g_small_sq)) / (b_big - b_small)
     trace_sigma = (float(g_small_sq) - float(g_big_sq)) / (1.0 / b_small - 1.0 / b_big)
     return _ratio(trace_sigma, grad_sq, b_big)
+
+
+def functional_state(model: nn.Module, params: Any, chunk_size: int | None) -> tuple[dict[str, Tensor],
+                                                                                    dict[str, Tensor], int, int]:
+    """What a ``vmap(grad(functional_call))`` over examples needs: the chosen parameters (``params``, as
+    :func:`parameter_names` reads it) and every buffer, detached; their total size ``P``; and the examples per
+    vmapped call (``chunk_size``, or as many as keep ``chunk · P`` under 2²² numbers)."""
+    named = dict(model.named_parameters())
+    values = {n: named[n].detach() for n in parameter_names(model, params)}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    n_params = sum(v.numel() for v in values.values())
+    return values, buffers, n_params, chunk_size or max(1, 2**22 // n_params)

@@ -52,7 +52,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,23 +146,17 @@ def opposing_signals(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tenso
 
 
 def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` as JSON atomically (a temporary file in the same directory, then ``os.replace``): a reader
-    never sees a half-written file and a failure leaves any previous file intact. NaN is written as null."""
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    os.makedirs(directory, exist_ok=True)
+    """Write ``payload`` as JSON atomically (:func:`trainlab.rundir.atomic.atomic_write_text`: a reader never sees a
+    half-written file and a failure leaves any previous file intact), creating its directory. NaN is written as
+    null."""
+    from pathlib import Path
+
+    from trainlab.rundir.atomic import atomic_write_text
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in payload.items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(clean, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(target, json.dumps(clean, allow_nan=False))
 
 
 def _train_indices(ctx: ProbeContext) -> Tensor | None:
