@@ -204,6 +204,11 @@ def test_end_to_end_scores_of_a_probe_prune_the_next_run(tmp_path):
     hardest = by_rule([el2n[i] for i in range(n)], round(n / 2))
     assert t.diet.rows.tolist() == hardest and t.data.n_train == n // 2
     assert all(int(t.sampler.indices(s).max()) < n // 2 for s in range(30))
+    # scores taken during the diet run name the workload's rows, not positions in the subset
+    third = run_quietly(tmp_path / "rescored", base + [f"data.scores={path}", "data.keep=0.5",
+                                                       "data.select=hardest", "probes=data_diet"])
+    with open(third / "data_diet" / "step_30.csv", newline="") as f:
+        assert sorted(int(r["index"]) for r in csv.DictReader(f)) == sorted(hardest)
 
 
 # ------------------------------------------------------------------------------------------------ mistakes

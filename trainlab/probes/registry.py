@@ -52,6 +52,7 @@ class ProbeContext:
     run_dir: Path | None = None
     x_train_all: Tensor | None = None
     y_train_all: Tensor | None = None
+    train_rows: Tensor | None = None  # the workload's row of each x_train_all row (a data diet's subset); None: i
     cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -296,7 +297,9 @@ def _data_diet(ctx: ProbeContext) -> dict[str, float]:
     if el2n.dim() > 1:  # sequences: one score per example
         el2n = el2n.mean(dim=tuple(range(1, el2n.dim())))
     if ctx.run_dir is not None:
-        write_scores(ctx.run_dir / "data_diet" / f"step_{ctx.step}.csv", torch.arange(len(x)),
+        # under a data diet the rows are a subset: name each by its row of the workload's training set
+        rows = ctx.train_rows if ctx.train_rows is not None and ctx.x_train_all is not None else torch.arange(len(x))
+        write_scores(ctx.run_dir / "data_diet" / f"step_{ctx.step}.csv", rows,
                      {"el2n": el2n, "grand": grand})
     return {"el2n_mean": float(el2n.mean()), "grand_mean": float(grand.mean())}
 

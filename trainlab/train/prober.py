@@ -35,10 +35,11 @@ class Prober:
     """The probes of one run. ``due(step)`` says whether to probe before the step; ``run`` measures."""
 
     def __init__(self, options: Any, total_steps: int, eval_every: int, *, loss_fn: Callable[[Tensor, Tensor], Tensor],
-                 data: Any, message: Callable[[str], None] = print) -> None:
+                 data: Any, message: Callable[[str], None] = print, train_rows: Tensor | None = None) -> None:
         self.options, self.total, self.eval_every = options, total_steps, eval_every
         self.names = list(options.names)
         self.loss_fn, self.message = loss_fn, message
+        self.train_rows = train_rows  # a data diet's rows of the workload's training set (None: all of them)
         self.extra_steps = log_spaced_steps(total_steps, options.log_spaced)
         self.skipped: dict[str, str] = {}
         self.cache: dict[str, dict[str, Any]] = {name: {} for name in self.names}
@@ -85,7 +86,8 @@ class Prober:
             ctx = ProbeContext(model=model, loss_fn=self.loss_fn, x_train=self.x_train, y_train=self.y_train,
                                x_val=self.x_val, y_val=self.y_val, step=step, lr=lr, options=self.options,
                                initial=self.initial, last_update=self.last_update, run_dir=run_dir,
-                               x_train_all=self.data.x_train, y_train_all=self.data.y_train, cache=self.cache[name])
+                               x_train_all=self.data.x_train, y_train_all=self.data.y_train, cache=self.cache[name],
+                               train_rows=self.train_rows)
             started = time.perf_counter()
             try:
                 values = PROBES.get(name).factory(ctx)

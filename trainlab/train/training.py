@@ -197,7 +197,8 @@ def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> T
         return Training(
             cfg=cfg, env=env, workload=workload, data=data, model=model, net=net, optimizer=optimizer, hooks=hooks,
             strategy=strategy, sampler=sampler, objective=objective,
-            prober=Prober(cfg.probes, t.steps, t.eval_every, loss_fn=objective.primary, data=data),
+            prober=Prober(cfg.probes, t.steps, t.eval_every, loss_fn=objective.primary, data=data,
+                          train_rows=diet.rows if diet is not None else None),
             autocast=autocast_factory(t.autocast, env.device, dtype),
             base_lrs=tuple(float(g["lr"]) * lr_factor for g in optimizer.param_groups), batch_lr_factor=lr_factor,
             schedule=schedules.build(cfg.schedule.name, t.steps, **cfg.schedule.kwargs()),
