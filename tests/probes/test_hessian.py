@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -157,6 +158,110 @@ def test_hutchinson_is_exact_on_a_diagonal_hessian():
     est = hessian_trace(model, half_squared_error, x, y, samples=5)
     assert est.mean == pytest.approx(x.pow(2).mean(0).sum().item(), rel=1e-12)
     assert est.stderr == pytest.approx(0.0, abs=1e-12)
+
+
+def fixed_sample_reference(hessian: Tensor, samples: int, seed: int) -> tuple[float, float]:
+    """The fixed-count estimate from the dense Hessian, with the documented draws: Rademacher vectors from
+    ``torch.Generator().manual_seed(seed)`` (``randint(0, 2) * 2 - 1``, one vector after another)."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = []
+    for _ in range(samples):
+        z = torch.randint(0, 2, (hessian.shape[0],), generator=generator).double() * 2 - 1
+        draws.append((z @ hessian @ z).item())
+    values = torch.tensor(draws, dtype=torch.float64)
+    return values.mean().item(), (values.std(correction=1) / math.sqrt(samples)).item()
+
+
+@pytest.fixture
+def noisy():
+    """A float64 tanh MLP 4-6-3 (51 parameters), squared error on 64 examples: one Hutchinson draw has a relative
+    standard deviation of about 0.46, so a 1% standard error takes about 2000 draws."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(64, 4, dtype=torch.float64), torch.randn(64, 3, dtype=torch.float64)
+    return model, x, y, dense_hessian(model, half_squared_error, x, y)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hutchinson_draws_until_its_standard_error_is_small(noisy, seed):
+    model, x, y, hessian = noisy
+    exact = hessian.trace().item()
+    off = hessian - torch.diag(hessian.diagonal())
+    draw_std = math.sqrt(2 * off.pow(2).sum().item())  # Var(zᵀHz) = 2 Σ_{i≠j} H_ij² for Rademacher z
+    needed = (draw_std / (0.01 * abs(exact))) ** 2  # about 2100 draws
+    est = hessian_trace(model, half_squared_error, x, y, samples=10, seed=seed, rel_se=0.01, max_samples=10_000)
+    assert est.converged and est.samples > 10
+    assert est.stderr <= 0.01 * abs(est.mean)
+    assert 0.6 * needed < est.samples < 1.5 * needed  # it stopped near where the rule says, not at the cap
+    assert abs(est.mean - exact) < 4 * est.stderr  # the sequential rule's bias is far below this
+    # the draws are those of the fixed-count estimate with the same seed: stopping only chose the count
+    assert (est.mean, est.stderr) == pytest.approx(fixed_sample_reference(hessian, est.samples, seed), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_hutchinson_rel_se_zero_draws_exactly_samples(tiny, seed):
+    model, x, y, hessian = tiny
+    est = hessian_trace(model, cross_entropy, x, y, samples=10, seed=seed, rel_se=0.0, max_samples=2)
+    assert est.samples == 10 and est.converged  # no target: max_samples is not read
+    assert est == hessian_trace(model, cross_entropy, x, y, samples=10, seed=seed)  # the function's default is off
+    assert (est.mean, est.stderr) == pytest.approx(fixed_sample_reference(hessian, 10, seed), rel=1e-9)
+
+
+def test_hutchinson_max_samples_caps_the_count(tiny):
+    model, x, y, hessian = tiny  # one draw's relative standard deviation is ~1.5: 1% would take ~21000 draws
+    est = hessian_trace(model, cross_entropy, x, y, samples=3, seed=2, rel_se=0.01, max_samples=25)
+    assert est.samples == 25 and not est.converged
+    assert est.stderr > 0.01 * abs(est.mean)
+    fixed = hessian_trace(model, cross_entropy, x, y, samples=25, seed=2)
+    assert (est.mean, est.stderr) == (fixed.mean, fixed.stderr)
+
+
+def test_hutchinson_stops_at_the_minimum_when_the_target_is_met_at_once():
+    torch.manual_seed(3)
+    model = Scale(7)  # diagonal Hessian: every draw is the trace, the standard error is 0
+    x, y = torch.randn(20, 7, dtype=torch.float64), torch.randn(20, 7, dtype=torch.float64)
+    one = hessian_trace(model, half_squared_error, x, y, samples=1, rel_se=0.01)
+    assert one.samples == 2 and one.converged  # the minimum is at least 2: one draw has no standard error
+    five = hessian_trace(model, half_squared_error, x, y, samples=5, rel_se=0.01)
+    assert five.samples == 5 and five.mean == pytest.approx(x.pow(2).mean(0).sum().item(), rel=1e-12)
+
+
+def test_hutchinson_refuses_bad_stopping_options(tiny):
+    model, x, y, _ = tiny
+    for rel_se in (-0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="rel_se"):
+            hessian_trace(model, cross_entropy, x, y, rel_se=rel_se)
+    with pytest.raises(ValueError, match="max_samples"):
+        hessian_trace(model, cross_entropy, x, y, samples=10, rel_se=0.01, max_samples=9)
+
+
+@pytest.mark.parametrize("arg", ["probes.hutchinson_rel_se=-0.01", "probes.hutchinson_rel_se=nan",
+                                 "probes.hutchinson_rel_se=1", "probes.hutchinson_max_samples=1",
+                                 "probes.hutchinson_max_samples=2.5"])
+def test_hutchinson_options_are_validated(arg):
+    from trainlab.config import ConfigError
+    from trainlab.train.config import from_cli
+
+    with pytest.raises(ConfigError) as err:
+        from_cli(None, ["workload.p=11", arg])
+    assert err.value.key == arg.split("=")[0] and "\n" not in str(err.value)
+
+
+def test_hessian_trace_probe_reports_the_count_and_the_target(tiny):
+    from trainlab.probes.registry import PROBES, ProbeContext
+    from trainlab.train.config import from_cli
+
+    model, x, y, hessian = tiny
+    options = from_cli(None, ["workload.p=11"]).probes
+    assert (options.hutchinson_samples, options.hutchinson_rel_se, options.hutchinson_max_samples) == (10, 0.02, 100)
+    probe = PROBES.get("hessian_trace").factory
+    out = probe(ProbeContext(model, cross_entropy, x, y, x, y, step=0, lr=0.1, options=options))
+    assert out["samples"] == 100 and out["converged"] == 0.0  # the default cap bounds the cost of a noisy Hessian
+    assert out["mean"] == pytest.approx(fixed_sample_reference(hessian, 100, options.seed)[0], rel=1e-9)
+    fixed = replace(options, hutchinson_rel_se=0.0)
+    out = probe(ProbeContext(model, cross_entropy, x, y, x, y, step=0, lr=0.1, options=fixed))
+    assert out["samples"] == 10 and out["converged"] == 1.0
+    assert out["mean"] == pytest.approx(fixed_sample_reference(hessian, 10, options.seed)[0], rel=1e-9)
 
 
 def test_edge_of_stability_ratio():

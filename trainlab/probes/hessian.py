@@ -259,45 +259,88 @@ def hessian_top_eigenvalues(model: nn.Module, loss_fn: LossFn, inputs: Tensor, t
 
 
 class TraceEstimate(NamedTuple):
-    """Hutchinson's estimate of ``tr(H)``: the sample mean, its standard error, and the number of samples."""
+    """Hutchinson's estimate of ``tr(H)``: the sample mean, its standard error, the number of samples drawn, and
+    whether the stopping target ``stderr <= rel_se · |mean|`` was met (True when no target was set)."""
 
     mean: float
     stderr: float
     samples: int
+    converged: bool = True
+
+
+def _mean_stderr(draws: Sequence[float]) -> tuple[float, float]:
+    values = torch.tensor(draws, dtype=torch.float64)
+    n = len(draws)
+    stderr = float(values.std(correction=1) / math.sqrt(n)) if n > 1 else math.nan
+    return float(values.mean()), stderr
 
 
 def hessian_trace(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor, samples: int = 10,
-                  seed: int = 0, params: Iterable[Tensor] | None = None) -> TraceEstimate:
-    """Trace of the loss Hessian by Hutchinson's estimator with Rademacher vectors.
+                  seed: int = 0, params: Iterable[Tensor] | None = None, *, rel_se: float = 0.0,
+                  max_samples: int = 100) -> TraceEstimate:
+    """Trace of the loss Hessian by Hutchinson's estimator with Rademacher vectors, optionally drawn until accurate.
 
-    ``tr(H) = E[zᵀHz]`` for ``z`` with independent ±1 entries (Hutchinson 1989); the estimate is the mean of
-    ``samples`` draws and ``stderr`` = sample standard deviation / √samples (NaN for one sample). The variance of
-    one draw is ``2 Σ_{i≠j} H_ij²``, so the estimate is exact (``stderr`` 0) when ``H`` is diagonal.
+    ``tr(H) = E[zᵀHz]`` for ``z`` with independent ±1 entries (Hutchinson 1989); the estimate is the mean of the
+    draws and ``stderr`` = sample standard deviation / √n (NaN for one sample). The variance of one draw is
+    ``2 Σ_{i≠j} H_ij²``, so the estimate is exact (``stderr`` 0) when ``H`` is diagonal.
+
+    Stopping rule: with ``rel_se = 0`` (default) exactly ``samples`` vectors are drawn. With ``rel_se > 0``,
+    ``samples`` is the minimum (at least 2, so that a standard error exists): after each draw from the minimum
+    on, sampling stops once ``stderr <= rel_se · |mean|``, or when ``max_samples`` draws are reached;
+    ``converged`` says whether the target was met. The relative standard error of ``n`` draws is about
+    ``s / (|tr H| √n)`` for a per-draw standard deviation ``s``, so the count needed is about
+    ``(s / (rel_se · |tr H|))²``; a trace near 0 (relative accuracy unattainable) runs to ``max_samples``.
+    The vectors come in the same order either way, so the first ``n`` draws of a stopped run are those of
+    ``samples=n`` with ``rel_se=0`` (same values for the same seed).
+
+    Bias: stopping on the data is a sequential rule, so ``mean`` is not exactly unbiased and ``stderr`` slightly
+    understates the error: runs tend to stop right after draws that happen to raise ``|mean|`` or lower the
+    sample spread. The effect is of the order of the reported standard error (itself at most ``rel_se · |mean|``
+    when converged) and shrinks with a larger minimum ``samples``; use ``rel_se = 0`` for an unbiased fixed count.
 
     Args:
         model, loss_fn, inputs, targets: the loss ``mean(loss_fn(model(inputs), targets))``.
-        samples: number of Rademacher vectors (HVPs); default 10.
-        seed: seed of the vectors (the caller's RNG is not used).
+        samples: number of Rademacher vectors (HVPs) with ``rel_se = 0``; the minimum otherwise. Default 10.
+        seed: seed of the vectors: a local ``torch.Generator().manual_seed(seed)`` (the caller's RNG is not used).
         params: the parameters (default: all with ``requires_grad``).
+        rel_se: target standard error relative to ``|mean|`` (0: off, draw exactly ``samples``).
+        max_samples: the most vectors drawn with ``rel_se > 0`` (``>= max(samples, 2)``).
 
     Returns:
-        :class:`TraceEstimate` ``(mean, stderr, samples)``, in loss units per squared parameter unit.
+        :class:`TraceEstimate` ``(mean, stderr, samples, converged)``, ``mean`` and ``stderr`` in loss units per
+        squared parameter unit; ``samples`` is the number of vectors drawn.
 
-    Cost: 1 forward, 1 backward with graph, ``samples`` HVPs.
+    Cost: 1 forward, 1 backward with graph, ``samples`` HVPs (``rel_se > 0``: between ``max(samples, 2)`` and
+    ``max_samples``).
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if not (math.isfinite(rel_se) and rel_se >= 0):
+        raise ValueError(f"rel_se must be a finite number >= 0, got {rel_se}")
+    minimum = max(samples, 2) if rel_se > 0 else samples
+    if rel_se > 0 and max_samples < minimum:
+        raise ValueError(f"max_samples must be >= max(samples, 2) = {minimum}, got {max_samples}")
+    maximum = max_samples if rel_se > 0 else samples
     params = trainable_parameters(model, params)
     generator = torch.Generator().manual_seed(seed)
+    draws: list[float] = []
+    converged = True
+    running_mean, sum_sq = 0.0, 0.0  # Welford's running mean and sum of squared deviations, for the stopping test
     with probe_mode(model):
         op = _Hessian(model, loss_fn, inputs, targets, params)
-        draws = []
-        for _ in range(samples):
+        while len(draws) < maximum:
             z = torch.randint(0, 2, (op.dim,), generator=generator).to(device=op.device, dtype=op.dtype) * 2 - 1
             draws.append(float(z @ op(z)))
-    values = torch.tensor(draws, dtype=torch.float64)
-    stderr = float(values.std(correction=1) / math.sqrt(samples)) if samples > 1 else math.nan
-    return TraceEstimate(float(values.mean()), stderr, samples)
+            n = len(draws)
+            delta = draws[-1] - running_mean
+            running_mean += delta / n
+            sum_sq += delta * (draws[-1] - running_mean)
+            if rel_se > 0 and n >= minimum:
+                converged = math.sqrt(sum_sq / (n - 1) / n) <= rel_se * abs(running_mean)
+                if converged:
+                    break
+    mean, stderr = _mean_stderr(draws)
+    return TraceEstimate(mean, stderr, len(draws), converged)
 
 
 def edge_of_stability_ratio(sharpness: float, lr: float, momentum: float = 0.0) -> float:

@@ -126,15 +126,21 @@ def _hessian(ctx: ProbeContext) -> dict[str, float]:
     return out
 
 
-@register("hessian_trace", summary="Hessian trace by Hutchinson (Rademacher vectors), with its standard error",
-          cost="1 fwd + 1 bwd (with graph) + hutchinson_samples Hessian-vector products",
+@register("hessian_trace", summary="Hessian trace by Hutchinson (Rademacher vectors), with its standard error, "
+                                   "drawn until stderr <= hutchinson_rel_se * |trace| (samples: the count drawn; "
+                                   "converged: 1 if the target was met)",
+          cost="1 fwd + 1 bwd (with graph) + between hutchinson_samples and hutchinson_max_samples Hessian-vector "
+               "products (exactly hutchinson_samples with hutchinson_rel_se=0)",
           paper="Wu et al. 2022, The Alignment Property of SGD Noise and How it Helps Select Flat Minima")
 def _hessian_trace(ctx: ProbeContext) -> dict[str, float]:
     from trainlab.probes.hessian import hessian_trace
 
-    est = hessian_trace(ctx.model, ctx.loss_fn, ctx.x_train, ctx.y_train, samples=ctx.options.hutchinson_samples,
-                        seed=ctx.options.seed)
-    return {"mean": float(est.mean), "stderr": float(est.stderr), "sgd_ratio": float(est.mean) * ctx.lr / 2}
+    o = ctx.options
+    est = hessian_trace(ctx.model, ctx.loss_fn, ctx.x_train, ctx.y_train, samples=o.hutchinson_samples,
+                        seed=o.seed, rel_se=o.hutchinson_rel_se,
+                        max_samples=max(o.hutchinson_max_samples, o.hutchinson_samples))
+    return {"mean": float(est.mean), "stderr": float(est.stderr), "sgd_ratio": float(est.mean) * ctx.lr / 2,
+            "samples": float(est.samples), "converged": float(est.converged)}
 
 
 @register("update_sharpness", summary="curvature along the step just taken: u^T H u / u^T u",

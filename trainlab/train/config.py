@@ -68,6 +68,8 @@ class TrainOptions:
     time_budget: float | None = option(None, gt=0, help="seconds of training time (evaluation excluded); checked "
                                                         "at each evaluation, stops with status out_of_time")
     device: Literal["auto", "cpu", "cuda", "mps"] = option("auto", help="auto picks cuda, then mps, then cpu")
+    threads: int = option(0, ge=0, help="torch intra-op threads per process; 0 = OMP_NUM_THREADS if set, else the "
+                                        "CPUs the load average leaves free (trainlab.train.threads)")
     dtype: Literal["float32", "float64"] = option("float32", help="parameter and data dtype")
     autocast: Literal["auto", "off", "bf16"] = option("auto", help="auto = bf16 autocast on CUDA, off elsewhere")
     compile: bool = option(False, help="torch.compile the model")
@@ -190,6 +192,11 @@ class ProbeOptions:
     hessian_k: int = option(1, ge=1, le=32, help="Hessian eigenvalues to find")
     lanczos_iters: int = option(20, ge=2, help="Lanczos iterations (Hessian-vector products)")
     hutchinson_samples: int = option(10, ge=1, help="Rademacher vectors of the Hessian-trace estimate")
+    hutchinson_rel_se: float = option(0.02, ge=0.0, lt=1.0, help="hessian_trace: draw vectors until the standard "
+                                                                "error <= this * |trace| (hutchinson_samples is then "
+                                                                "the minimum, >= 2); 0: exactly hutchinson_samples")
+    hutchinson_max_samples: int = option(100, ge=2, le=10000, help="hessian_trace: most vectors drawn with "
+                                                                   "hutchinson_rel_se > 0 (at least hutchinson_samples)")
     ntk_examples: int = option(32, ge=2, help="examples in the empirical NTK")
     lc_directions: int = option(16, ge=1, help="cross-polytope directions of local complexity")
     lc_radius: float = option(0.05, gt=0.0, help="cross-polytope radius of local complexity (input units)")
