@@ -2,6 +2,8 @@
 
 Tests use one intra-op thread: the models here are tiny, and on a 2-core machine (or under pytest-xdist with
 two workers) a second thread mostly adds contention -- a 200-step loop ran 17x slower with 2 threads under load.
+``OMP_NUM_THREADS=1`` makes every run take one thread too (trainlab's automatic choice follows the load average,
+and runs compared bit for bit must train with the same count); tests of the automatic choice unset it.
 """
 
 import os
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRAINLAB_CACHE", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "trainlab"))
 
 

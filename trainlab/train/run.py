@@ -6,7 +6,7 @@ import contextlib
 import shlex
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -24,6 +24,7 @@ from trainlab.train.progress import Progress
 from trainlab.train.runlog import RunLog
 from trainlab.train.tensorboard import TensorBoardLog
 from trainlab.train.tensorboard import require as require_tensorboard
+from trainlab.train.threads import ThreadChoice, apply_threads, oversubscription_warning
 from trainlab.rundir import RunDir, RunDirLock, lock_run_dir, new_run_dir, printable, timestamp, versions
 from trainlab.errors import RunError, UserError, one_line  # RunError is defined there; imported from here too
 
@@ -241,29 +242,42 @@ def _command() -> str:
 
 
 def _run(cfg: RunConfig, env: Any, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Outcome:
-    training = build_training(cfg, env, resuming=resuming)
+    previous = torch.get_num_threads()
+    threads = apply_threads(cfg.train.threads)  # before the set-up, which builds data and model with torch
     try:
-        return _train(training, rd, resuming=resuming, quiet=quiet, command=command, report=report)
+        training = build_training(cfg, env, resuming=resuming)
+        try:
+            return _train(training, rd, threads, resuming=resuming, quiet=quiet, command=command, report=report)
+        finally:
+            training.strategy.finish()
     finally:
-        training.strategy.finish()
+        torch.set_num_threads(previous)  # a caller's process keeps its own setting
 
 
-def _start(t: Training, rd: RunDir, resuming: bool) -> TrainState:
-    """The state to train from: fresh, or the run directory's newest checkpoint (logs cut back to it)."""
+def _start(t: Training, rd: RunDir, resuming: bool, threads: ThreadChoice) -> tuple[TrainState, ThreadChoice]:
+    """The state to train from: fresh, or the run directory's newest checkpoint (logs cut back to it); and the
+    threads to train with: an automatic choice gives way to the count the checkpointed steps ran with, since a
+    step's floating-point results depend on the thread count (the resumed run stays bit-identical)."""
     if not resuming:
-        return TrainState.fresh(t)
+        return TrainState.fresh(t), threads
     try:  # every process reads the (shared) run directory and keeps its own part of the full state
-        state = restore(t, ckpt.load(rd.checkpoints, map_location=t.env.device))
+        payload = ckpt.load(rd.checkpoints, map_location=t.env.device)
+        state = restore(t, payload)
     except ckpt.CheckpointError as err:
         raise RunError(f"cannot resume {rd.path}: {err}") from None
+    saved = payload.get("threads")
+    if threads.source == "auto" and isinstance(saved, int) and saved >= 1 and saved != threads.threads:
+        torch.set_num_threads(saved)
+        threads = replace(threads, threads=saved, source="auto (the checkpoint's)")
     if t.env.is_main:
         rd.truncate_to_checkpoint(state.step)
-    return state
+    return state, threads
 
 
-def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str, report: bool) -> Outcome:
+def _train(t: Training, rd: RunDir, threads: ThreadChoice, *, resuming: bool, quiet: bool, command: str,
+           report: bool) -> Outcome:
     cfg, env = t.cfg, t.env
-    state = _start(t, rd, resuming)
+    state, threads = _start(t, rd, resuming, threads)
     if env.is_main:
         rd.create()
         rd.write_config(cfg.to_yaml())
@@ -279,6 +293,9 @@ def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str
         log.message(f"trainlab: {verb} {cfg.workload.name} / {cfg.model.name} ({n_params:,} parameters) / "
                     f"{cfg.optimizer.name} on {env.device}"
                     + (f" x{env.world_size} processes" if env.distributed else "") + f" -> {printable(str(rd.path))}")
+        crowded = oversubscription_warning(threads)  # load + this run's threads > usable CPUs
+        if crowded:
+            log.message(crowded)
         note = cfg.recipe_note()
         if note and not resuming:
             log.message(f"  {note}")
@@ -294,7 +311,7 @@ def _train(t: Training, rd: RunDir, *, resuming: bool, quiet: bool, command: str
         status = train_loop(t, state, rd, log, stop)  # ends with a checkpoint of a finite state, or none
     log.close()
     if env.is_main:
-        summary = _summary(t, state, rd, status, command)
+        summary = _summary(t, state, rd, status, command, threads)
         rd.write_json("summary.json", summary)
         report_path = None
         if report:
@@ -332,7 +349,8 @@ def _flush_subnormals(device: torch.device) -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
-def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) -> dict[str, Any]:
+def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str,
+             threads: ThreadChoice) -> dict[str, Any]:
     """summary.json: what the logs say (:mod:`trainlab.rundir.summary`, the same functions a report of an
     unfinished run uses) plus what only the trainer knows."""
     rows = rd.metrics()
@@ -369,7 +387,8 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str) 
         **({"comm": {**t.strategy.summary(),
                      "bytes_per_step": round(t.strategy.meter.total / s.step, 1) if s.step else 0.0}}
            if t.strategy.active else {}),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(),  # torch's intra-op threads per process
+        "threads_source": threads.source,  # option (threads=N), env (OMP_NUM_THREADS) or auto (trainlab.train.threads)
         "versions": versions(),
         "command": command,
     }

@@ -76,7 +76,8 @@ def checkpoint_payload(t: Training, s: TrainState, wall: float) -> dict[str, Any
     payload = {**local, "train_time": s.train_time, "wall_time": wall, "rng": rng,
                "events": [e.to_dict() for e in s.tracker.events], "event_state": dict(s.tracker.state),
                "objective": t.objective.state_dict(), "probe_initial": t.prober.initial,
-               "world_size": strategy.world_size, "strategy_name": strategy.name, "config": t.cfg.to_plain()}
+               "world_size": strategy.world_size, "strategy_name": strategy.name, "config": t.cfg.to_plain(),
+               "threads": torch.get_num_threads()}  # an auto-chosen count follows the run across resumes
     if t.continual is not None:  # the method's buffers and Fishers
         payload["continual"] = t.continual.state_dict()
     if t.pruner is not None:  # the masks (and the schedule's start): a resume must prune exactly as before
@@ -207,7 +208,7 @@ _PAYLOAD: dict[str, tuple[str, bool]] = {
     "event_state": ("mapping", False), "strategy": ("mapping", False), "objective": ("mapping", False),
     "probe_initial": ("mapping", False), "config": ("mapping", False), "strategy_name": ("string", False),
     "world_size": ("int", False), "ranks": ("list", False), "continual": ("mapping", False),
-    "prune": ("mapping", False),
+    "prune": ("mapping", False), "threads": ("int", False),
 }
 # kind -> (the types it allows, how a message names it)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
