@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -31,6 +32,15 @@ def test_list():
     assert "modular" in out.stdout and "workload.p = 97" in out.stdout
     out = cli("list", "pruning", "--options")
     assert out.returncode == 0 and "magnitude" in out.stdout and "prune.sparsity = 0.0" in out.stdout
+
+
+def test_run_help_names_every_top_level_key():
+    from trainlab.train.config import TRAIN_KEYS
+
+    out = cli("run", "--help").stdout
+    top = out.split("top level:", 1)[1].split("sections", 1)[0]
+    missing = [key for key in TRAIN_KEYS if not re.search(rf"(?<![\w.]){key}(?![\w.])", top)]
+    assert not missing, missing
 
 
 def test_list_sections_shows_every_key_of_every_section():

@@ -36,8 +36,9 @@ examples:
 keys: workload, model, optimizer, schedule name a component (its defaults apply);
       workload.KEY, model.KEY, optimizer.KEY, schedule.KEY set a component's options;
       top level: steps, seed, batch_size (0 = full batch), eval_every, eval_examples, checkpoint_every,
-      grad_clip, threshold, device (auto|cpu|cuda|mps), dtype (float32|float64),
-      autocast (auto|off|bf16), compile, tensorboard, trace, name;
+      grad_clip, threshold, stop_at_target, target_metric, target, time_budget, device (auto|cpu|cuda|mps),
+      dtype (float32|float64), autocast (auto|off|bf16), compile, tensorboard, trace, name,
+      init_from (start from a run's weights), threads (0 = auto);
       sections loss.KEY, param.KEY, probes.KEY, data.KEY (data diets: data=0.5 data.scores=CSV), continual.KEY,
       prune.KEY (prune=magnitude|neurons), batch.KEY (batch.lr_rule=linear|sqrt, batch.steps_rule=epochs),
       dist.KEY (dist=ddp|zero1|fsdp|diloco|streaming_diloco).
