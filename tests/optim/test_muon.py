@@ -217,3 +217,68 @@ def test_trains_every_bundled_model(tmp_path, model):  # cnn1d: importing the mn
     assert all(np.isfinite(r["train_loss"]) for r in metrics)
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert metrics[0]["lr"] == 0.02  # the Muon group comes first: the logged lr is Muon's
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ns_dtype="auto": chosen by the machine's capability (trainlab.optim.hardware), recorded in the summary
+
+
+def observed_ns_dtypes(monkeypatch, fast_bf16, ns_dtype="auto", dtype=torch.float32):
+    """The dtypes one CPU Muon step asks Newton–Schulz for, with the CPU's bf16 capability patched."""
+    import trainlab.optim.muon as muon_module
+
+    monkeypatch.setattr(muon_module, "cpu_has_fast_bf16", lambda: fast_bf16)
+    seen, real = [], muon_module.orthogonalize
+
+    def spy(G, coefficients, steps, dtype=None, *args, **kwargs):
+        seen.append(dtype)
+        return real(G, coefficients, steps, dtype, *args, **kwargs)
+
+    monkeypatch.setattr(muon_module, "orthogonalize", spy)
+    model = small_mlp().to(dtype)
+    opt = optim.build("muon", model, ns_dtype=ns_dtype)
+    before = [p.detach().clone() for p in model.parameters()]
+    nn.functional.cross_entropy(model(torch.randn(16, 6, dtype=dtype)), torch.randint(0, 3, (16,))).backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert seen, "the step did not orthogonalise anything"
+    return set(seen), opt
+
+
+@pytest.mark.parametrize("fast, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_runs_newton_schulz_in_bf16_exactly_on_a_cpu_with_fast_bf16(monkeypatch, fast, expected):
+    seen, opt = observed_ns_dtypes(monkeypatch, fast)
+    assert seen == {expected}
+    assert opt.resolved_options() == {"ns_dtype": str(expected).removeprefix("torch.")}
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_explicit_ns_dtype_and_float64_ignore_the_capability(monkeypatch, fast):
+    assert observed_ns_dtypes(monkeypatch, fast, ns_dtype="float32")[0] == {torch.float32}
+    assert observed_ns_dtypes(monkeypatch, fast, ns_dtype="bfloat16")[0] == {torch.bfloat16}
+    seen, opt = observed_ns_dtypes(monkeypatch, fast, dtype=torch.float64)  # float64 runs keep float64 numerics
+    assert seen == {torch.float64} and opt.resolved_options() == {"ns_dtype": "float64"}
+
+
+def test_resolved_options_is_empty_without_muon_matrices():
+    opt = Muon([{"params": [nn.Parameter(torch.zeros(3))], "use_muon": False}])
+    assert opt.resolved_options() == {}
+
+
+@pytest.mark.parametrize("fast, expected", [(True, "bfloat16"), (False, "float32")])
+def test_summary_records_what_auto_resolved_to(monkeypatch, tmp_path, fast, expected):
+    import trainlab.optim.muon as muon_module
+
+    monkeypatch.setattr(muon_module, "cpu_has_fast_bf16", lambda: fast)
+    run_dir = trainlab.run(None, ["optimizer=muon", "workload.p=11", "model.width=16", "steps=2", "eval_every=1"],
+                           out=tmp_path / "run", quiet=True, report=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["optimizer"] == "muon"
+    assert summary["optimizer_resolved"] == {"ns_dtype": expected}
+
+
+def test_summary_has_no_resolved_options_for_an_optimizer_without_them(tmp_path):
+    run_dir = trainlab.run(None, ["optimizer=adamw", "workload.p=11", "model.width=16", "steps=2", "eval_every=1"],
+                           out=tmp_path / "run", quiet=True, report=False)
+    assert "optimizer_resolved" not in json.loads((run_dir / "summary.json").read_text())

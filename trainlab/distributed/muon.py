@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from trainlab.distributed.comm import CommMeter, tensor_bytes
-from trainlab.optim.muon import _DTYPES, Muon, matrix_shape, shape_scale
+from trainlab.optim.muon import Muon, matrix_shape, resolve_ns_dtype, shape_scale
 from trainlab.optim.newton_schulz import orthogonalize
 
 if TYPE_CHECKING:
@@ -92,7 +92,8 @@ class DistributedMuon(Muon):
         torch._foreach_lerp_(bufs, grads, 1 - beta)
         directions = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
         owner = owners(params, world)
-        ns = (group["ns_coefficients"], group["ns_steps"], _DTYPES[group["ns_dtype"]])
+        # the precision single-process Muon would use for these matrices (auto: by the device's bf16 capability)
+        ns = (group["ns_coefficients"], group["ns_steps"], resolve_ns_dtype(group["ns_dtype"], _local(params[0])))
         if sharded:
             updates = self._sharded(params, directions, owner, world, rank, pg, ns)
         else:

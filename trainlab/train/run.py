@@ -361,6 +361,7 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str,
         "workload": t.cfg.workload.name,
         "model": t.cfg.model.name,
         "optimizer": t.cfg.optimizer.name,
+        **({"optimizer_resolved": resolved} if (resolved := _resolved_options(t.optimizer)) else {}),
         "schedule": t.cfg.schedule.name,
         "recipe": t.cfg.recipe_note(),
         "metric": metric,
@@ -392,6 +393,13 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str,
         "versions": versions(),
         "command": command,
     }
+
+
+def _resolved_options(optimizer: Any) -> dict[str, Any]:
+    """What an optimizer's machine-dependent options (``auto``) resolved to, from its ``resolved_options()``
+    if it has one (Muon: ``{"ns_dtype": "bfloat16"}``), else ``{}``."""
+    method = getattr(optimizer, "resolved_options", None)
+    return dict(method()) if callable(method) else {}
 
 
 def _g(value: Any) -> str:
