@@ -299,6 +299,22 @@ def test_trainer_refuses_in_one_line(tmp_path, overrides, says):
     assert err.value.key == "loss.certified" and says in one_line(err)
 
 
+@pytest.mark.parametrize("overrides, key", [
+    (["loss.certified=ibp", "loss.certified_eps=0.1", "loss.certified_start=5", "loss.certified_warmup=20"],
+     "loss.certified_warmup"),
+    (["loss.adversarial=pgd", "loss.adversarial_eps=0.1", "loss.adversarial_warmup=21"], "loss.adversarial_warmup"),
+])
+def test_a_radius_ramp_longer_than_the_run_is_refused(overrides, key):
+    from trainlab.train.config import from_cli
+
+    with pytest.raises(ConfigError) as err:
+        from_cli(None, ["workload=mnist1d", "steps=20", *overrides])
+    assert err.value.key == key and "never reach" in one_line(err)
+    # ending exactly at the last step is allowed
+    fitting = [o.replace("=20", "=15").replace("=21", "=20") for o in overrides]
+    from_cli(None, ["workload=mnist1d", "steps=20", *fitting])
+
+
 def test_a_sequence_that_masks_the_head_is_refused(tmp_path):
     """Task-incremental training masks the logits to the task's classes; the bounds would be of the whole head."""
     with pytest.raises(ConfigError) as err:

@@ -723,6 +723,7 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
             raise ConfigError("target", "give the value target_metric must reach, e.g. target=2.4")
     # A schedule whose options do not fit the step budget is a config error, found now rather than later.
     schedules.build(schedule.name, train.steps, **schedule.kwargs())
+    _check_radius_ramps(sections["loss"], train.steps)
     return RunConfig(workload, model, optimizer, schedule, train, **sections, from_recipe=tuple(from_recipe))
 
 
@@ -739,6 +740,18 @@ def _budget(wl_cls: type[workloads.Workload], workload: Component, train: TrainO
         raise ConfigError("batch.steps_rule", f"epochs needs batch sizes in examples, not full batch (batch_size="
                                               f"{size}, batch.base={base}): set batch_size and batch.base")
     return scaled_steps(batch.steps_rule, budget, size, base)
+
+
+def _check_radius_ramps(loss: LossOptions, steps: int) -> None:
+    """A robust-training radius must reach its full value within the run: a longer ramp is a mistake, not a
+    silently weaker threat model."""
+    if loss.adversarial != "none" and loss.adversarial_warmup > steps:
+        raise ConfigError("loss.adversarial_warmup", f"{loss.adversarial_warmup} steps exceed the run's {steps}: eps "
+                                                     f"would never reach loss.adversarial_eps")
+    if loss.certified != "none" and loss.certified_start + loss.certified_warmup > steps:
+        raise ConfigError("loss.certified_warmup", f"certified_start + certified_warmup = "
+                                                   f"{loss.certified_start + loss.certified_warmup} exceeds the run's "
+                                                   f"{steps} steps: eps would never reach loss.certified_eps")
 
 
 def check_sequence(wl_cls: type[workloads.Workload], workload: Component, train: TrainOptions, sections: dict[str, Any]) -> None:
