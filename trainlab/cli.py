@@ -426,39 +426,31 @@ def cmd_list(ns: argparse.Namespace) -> int:
     if ns.what == "strategies":
         from trainlab.distributed.strategy import STRATEGIES
 
-        width = max(len(e.name) for e in STRATEGIES)
-        for strategy in STRATEGIES:
-            print(f"{strategy.name:<{width}}  {strategy.summary}")
+        _print_entries(STRATEGIES)
         if ns.options:
             from trainlab.train.config import DistOptions  # the run configuration (imports the optimizers)
 
             print("\noptions (dist.KEY=VALUE; each names the strategies it applies to):")
-            for name, type_name, default, help_text in describe_options(DistOptions):
-                print(f"    dist.{name} = {default!r}  ({type_name}) {help_text}")
+            _print_options("dist", DistOptions)
         return 0
     if ns.what == "sections":
         from trainlab.train.config import SECTIONS
 
         for section, options in SECTIONS.items():
-            described = describe_options(options)
-            if not ns.options:
-                print(f"{section:<10} {', '.join(f'{section}.{name}' for name, *_ in described)}")
-                continue
-            print(f"{section}:")
-            for name, type_name, default, help_text in described:
-                print(f"    {section}.{name} = {default!r}  ({type_name}) {help_text}")
+            if ns.options:
+                print(f"{section}:")
+                _print_options(section, options)
+            else:
+                print(f"{section:<10} {', '.join(f'{section}.{name}' for name, *_ in describe_options(options))}")
         return 0
     if ns.what == "pruning":
         from trainlab.prune.methods import PRUNE_METHODS
         from trainlab.train.config import PruneOptions
 
-        width = max(len(e.name) for e in PRUNE_METHODS)
-        for method in PRUNE_METHODS:
-            print(f"{method.name:<{width}}  {method.summary}")
+        _print_entries(PRUNE_METHODS)
         if ns.options:
             print("\noptions (prune.KEY=VALUE):")
-            for name, type_name, default, help_text in describe_options(PruneOptions):
-                print(f"    prune.{name} = {default!r}  ({type_name}) {help_text}")
+            _print_options("prune", PruneOptions)
         return 0
     module, attribute = REGISTRIES[ns.what]
     registry = getattr(importlib.import_module(module), attribute)
@@ -481,6 +473,21 @@ def cmd_list(ns: argparse.Namespace) -> int:
             for name, type_name, default, help_text in describe_options(entry.options):
                 print(f"    {ns.what.rstrip('s')}.{name} = {default!r}  ({type_name}) {help_text}")
     return 0
+
+
+def _print_entries(registry: Any) -> None:
+    """One line per registry entry: its name and summary."""
+    width = max(len(e.name) for e in registry)
+    for entry in registry:
+        print(f"{entry.name:<{width}}  {entry.summary}")
+
+
+def _print_options(prefix: str, options: type) -> None:
+    """One line per option of ``options``: ``prefix.name = default  (type) help``."""
+    from trainlab.config import describe_options
+
+    for name, type_name, default, help_text in describe_options(options):
+        print(f"    {prefix}.{name} = {default!r}  ({type_name}) {help_text}")
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
