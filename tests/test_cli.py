@@ -134,3 +134,11 @@ def test_law_fits_one_run_and_predicts_another(tmp_path, capsys):
                 ["schedule=wsd", "steps=0"], ["wsd"]):
         assert main(["law", str(tmp_path / "cosine"), "--predict", *bad]) == 2
         assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("what", ["sections", "optimizers", "probes"])
+def test_list_into_a_closed_pipe_exits_quietly(what):
+    """`trainlab list WHAT | head -1`: the reader stops early; no BrokenPipeError traceback."""
+    out = subprocess.run(f"{sys.executable} -m trainlab list {what} --options | head -1", shell=True,
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert len(out.stdout.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr

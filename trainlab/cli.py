@@ -410,6 +410,16 @@ def _list_methods(registry: Registry[Any], options: bool) -> None:
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
+    try:
+        return _list(ns)
+    except BrokenPipeError:  # `trainlab list ... | head`: the reader has all it wants
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _list(ns: argparse.Namespace) -> int:
     import importlib
 
     from trainlab.config import describe_options
@@ -458,12 +468,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
         _list_methods(registry, ns.options)
         return 0
     if ns.what == "optimizers":
-        try:
-            _list_optimizers(registry, ns.options)
-        except BrokenPipeError:  # `trainlab list optimizers | head`: the reader has all it wants
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _list_optimizers(registry, ns.options)
         return 0
     width = max(len(e.name) for e in registry)
     for entry in registry:
