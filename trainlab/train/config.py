@@ -27,6 +27,7 @@ import yaml
 
 from trainlab import models, optim, schedules, workloads
 from trainlab.continual.options import ContinualOptions, check_continual
+from trainlab.federated.options import SERVER_DEFAULTS, FedOptions
 from trainlab.config import ConfigError, build_options, load_yaml_file, option, seed_option, to_plain
 from trainlab.errors import quote_path, shorten
 from trainlab.registry import Registry, UnknownNameError
@@ -471,10 +472,11 @@ class BatchOptions:
 
 SECTIONS: dict[str, type] = {"loss": LossOptions, "param": ParamOptions, "probes": ProbeOptions, "dist": DistOptions,
                              "continual": ContinualOptions, "data": DataOptions,
-                             "prune": PruneOptions, "batch": BatchOptions}
+                             "prune": PruneOptions, "batch": BatchOptions, "fed": FedOptions}
 # the key a section's bare value sets: `probes=weights,hessian` is `probes.names=weights,hessian`
 SECTION_VALUE_KEY = {"loss": "function", "param": "init", "probes": "names", "dist": "strategy",
-                     "continual": "method", "data": "keep", "prune": "method", "batch": "lr_rule"}
+                     "continual": "method", "data": "keep", "prune": "method", "batch": "lr_rule",
+                     "fed": "strategy"}
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainOptions))
 # Options that may change when resuming without breaking bit-identical continuation.
@@ -511,6 +513,7 @@ class RunConfig:
     data: DataOptions = field(default_factory=DataOptions)
     prune: PruneOptions = field(default_factory=PruneOptions)
     batch: BatchOptions = field(default_factory=BatchOptions)
+    fed: FedOptions = field(default_factory=FedOptions)
     # components taken from the workload's recipe because no layer named one (said in config.yaml and at start)
     from_recipe: tuple[str, ...] = field(default=(), compare=False)
 
@@ -690,14 +693,15 @@ def resolve(layers: Sequence[Mapping[str, Any]] = ()) -> RunConfig:
     wl_cls = workloads.WORKLOADS.get(workload.name).factory
     recipe = wl_cls.recipe_components()
     chosen, from_recipe = {}, []
+    merged = _merge_plain(layers)
+    federated = str(merged.get("fed", {}).get("strategy", "none")).lower() != "none"
     for kind in ("model", "optimizer", "schedule"):
-        base = recipe.get(kind) or DEFAULTS[kind]
+        base = SERVER_DEFAULTS[kind] if federated and kind in SERVER_DEFAULTS else recipe.get(kind) or DEFAULTS[kind]
         values, kept = _component_values(kind, base, layers)
         chosen[kind] = _component(kind, values)
-        if kept and kind in recipe:
+        if kept and kind in recipe and not (federated and kind in SERVER_DEFAULTS):
             from_recipe.append(kind)
     model, optimizer, schedule = chosen["model"], chosen["optimizer"], chosen["schedule"]
-    merged = _merge_plain(layers)
     train = build_options(TrainOptions, {k: v for k, v in merged.items() if k not in COMPONENTS and k not in SECTIONS})
     sections = {name: build_options(cls, merged.get(name, {}), prefix=name) for name, cls in SECTIONS.items()}
     _check_probe_names(sections["probes"])

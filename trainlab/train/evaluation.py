@@ -65,6 +65,8 @@ def evaluate(t: Training, s: TrainState, wall: float) -> dict[str, Any]:
         row["grad_norm"] = float(s.grad_norm)
     if t.strategy.active:
         row.update(comm_columns(t, s))
+    if t.federation is not None:  # simulated time, bytes, client updates: what federated runs are compared by
+        row.update(t.federation.columns())
     return row
 
 

@@ -204,6 +204,8 @@ class LossWatch:
 
 def train_step(t: Training, s: TrainState) -> Tensor:
     """Take optimizer step ``s.step`` on its batch and count it; returns the local mean loss (not synchronised)."""
+    if t.federation is not None:
+        return server_step(t, s)
     step = s.step
     t.set_lrs(step)
     idx = t.sampler.indices(step)
@@ -235,6 +237,29 @@ def train_step(t: Training, s: TrainState) -> Tensor:
         t.continual.after_step(step, idx, t.model, t.hooks)
     if t.pruner is not None:  # last: nothing the step did (decay, momentum, a method's update) revives a weight
         t.pruner.after_step(step + 1)
+    s.step += 1
+    return loss
+
+
+def server_step(t: Training, s: TrainState) -> Tensor:
+    """A federated run's step ``s.step``: play the clients to the next server update (``fed.strategy``), take
+    their aggregated delta as the gradient of the server's weights, step the server's optimizer. Returns the
+    aggregated arrivals' mean local training loss."""
+    assert t.federation is not None
+    step = s.step
+    t.set_lrs(step)
+    t.optimizer.zero_grad(set_to_none=True)
+    loss = torch.tensor(t.federation.gradient_(t.model))
+    grad_norm = None
+    if t.cfg.train.grad_clip is not None:
+        grad_norm = s.grad_norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.train.grad_clip)
+    elif t.cfg.train.trace:
+        grad_norm = global_grad_norm(t.model)
+    t.optimizer.step()
+    t.federation.updated()  # the clients waiting for the new weights get them now
+    t.hooks.observe(loss)
+    if t.cfg.train.trace:
+        s.trace.append((step, t.logged_lr(step), loss, grad_norm))  # type: ignore[arg-type]
     s.step += 1
     return loss
 

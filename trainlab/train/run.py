@@ -299,6 +299,8 @@ def _train(t: Training, rd: RunDir, threads: ThreadChoice, *, resuming: bool, qu
         note = cfg.recipe_note()
         if note and not resuming:
             log.message(f"  {note}")
+        if t.federation is not None and not resuming:  # what a step is here
+            log.message(f"  {t.federation.describe()}")
         if t.diet is not None and not resuming:  # training on a subset: say which, before it trains
             log.message(f"  {t.diet.note()}")
         if cfg.batch.lr_rule != "none" and not resuming:
@@ -381,6 +383,7 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str,
                       "steps_rule": t.cfg.batch.steps_rule}}
            if t.cfg.batch != type(t.cfg.batch)() else {}),
         **({"prune": t.pruner.summary()} if t.pruner is not None else {}),  # final sparsity, per-layer counts
+        **({"federation": t.federation.summary()} if t.federation is not None else {}),  # clock, bytes, updates
         "event_list": [e.to_dict() for e in s.tracker.events],
         "parameters": sum(p.numel() for p in t.model.parameters()),
         "device": str(t.env.device),
@@ -429,6 +432,11 @@ def closing_text(summary: dict[str, Any], path: Path, report_path: Path | None) 
         last = went_wrong["last_finite_checkpoint"]
         lines.append(f"  diverged at step {went_wrong['step']} ({went_wrong['detail']}); "
                      + (f"last finite checkpoint: step {last}" if last is not None else "no checkpoint was written"))
+    fed = summary.get("federation")
+    if fed:  # what a federated run's steps cost in simulated time and bytes
+        lines.append(f"  federation: {fed['server_updates']} server updates from {fed['client_updates']} client updates "
+                     f"({fed['dropped']} dropped) in {fed['sim_time']:.1f} simulated s; {fed['bytes_up'] / 1e6:.2f} MB "
+                     f"up, {fed['bytes_down'] / 1e6:.2f} MB down")
     final = summary["final"]
     if final:
         shown = ", ".join(f"{k} {final[k]:.4g}" for k in final

@@ -82,6 +82,8 @@ def checkpoint_payload(t: Training, s: TrainState, wall: float) -> dict[str, Any
         payload["continual"] = t.continual.state_dict()
     if t.pruner is not None:  # the masks (and the schedule's start): a resume must prune exactly as before
         payload["prune"] = t.pruner.state_dict()
+    if t.federation is not None:  # the simulated clock, the clients in flight with their deltas, the counters
+        payload["federation"] = t.federation.state_dict()
     if strategy.per_rank_state and strategy.world_size > 1:
         # DiLoCo's workers hold different weights and inner-optimizer states between outer steps: keep each.
         # (gather_object pickles over the process group between this run's own processes; files never are.)
@@ -185,6 +187,10 @@ def restore(t: Training, payload: dict[str, Any]) -> TrainState:
             if "prune" not in payload:
                 raise ValueError("the checkpoint holds no pruning masks")
             t.pruner.load_state_dict(payload["prune"])
+        if t.federation is not None:
+            if "federation" not in payload:
+                raise ValueError("the checkpoint holds no federation state")
+            t.federation.load_state_dict(payload["federation"])
         torch.set_rng_state(payload["rng"]["torch"])
         if "cuda" in payload["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
@@ -208,7 +214,7 @@ _PAYLOAD: dict[str, tuple[str, bool]] = {
     "event_state": ("mapping", False), "strategy": ("mapping", False), "objective": ("mapping", False),
     "probe_initial": ("mapping", False), "config": ("mapping", False), "strategy_name": ("string", False),
     "world_size": ("int", False), "ranks": ("list", False), "continual": ("mapping", False),
-    "prune": ("mapping", False), "threads": ("int", False),
+    "prune": ("mapping", False), "threads": ("int", False), "federation": ("mapping", False),
 }
 # kind -> (the types it allows, how a message names it)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {

@@ -40,6 +40,7 @@ from trainlab.train.prober import Prober
 from trainlab.workloads.base import Dataset, Workload
 
 if TYPE_CHECKING:
+    from trainlab.federated.simulator import Simulator
     from trainlab.prune.pruner import Pruner
 
 
@@ -67,6 +68,7 @@ class Training:
     diet: diets.Diet | None = None  # the data section's subset and order of the training set (None: all, random)
     pruner: Pruner | None = None  # the prune section's masks and schedule (None: no pruning)
     batch_lr_factor: float = 1.0  # batch.lr_rule's multiplier, already in base_lrs (trainlab.train.batch_rules)
+    federation: Simulator | None = None  # fed.*: the clients on a simulated clock; each step is a server update
 
     @property
     def steps(self) -> int:
@@ -192,6 +194,11 @@ def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> T
                     raise ConfigError("loss.certified", f"bounds every logit, but {workload.name} trains on logits "
                                                         f"masked to each task's classes")
                 net = MaskedHead(net, continual)
+        federation = None
+        if cfg.fed.on:  # (a run that is not federated imports nothing of it)
+            from trainlab.federated.setup import build_federation
+
+            federation = build_federation(cfg, model, data, objective, spec, env)
         lr_factor = run_lr_factor(cfg.batch.lr_rule, cfg.batch.base, t.batch_size, type(workload).default_batch_size,
                                   data.n_train)
         return Training(
@@ -203,7 +210,7 @@ def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> T
             base_lrs=tuple(float(g["lr"]) * lr_factor for g in optimizer.param_groups), batch_lr_factor=lr_factor,
             schedule=schedules.build(cfg.schedule.name, t.steps, **cfg.schedule.kwargs()),
             continual=continual, eval_steps=continual.eval_steps if continual is not None else frozenset(),
-            diet=diet, pruner=pruner,
+            diet=diet, pruner=pruner, federation=federation,
         )
     except BaseException:
         strategy.finish()  # a one-process group made for this run goes with it
