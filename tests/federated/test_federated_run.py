@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-import trainlab
 from resume_testing import _weights, assert_resume_exact, run_quietly  # type: ignore[import-not-found]
 
 SMALL = ["workload=mnist1d", "workload.num_samples=400", "model=mlp", "model.width=16", "model.depth=1",
@@ -127,3 +126,15 @@ def test_the_server_defaults_to_plain_averaging_and_a_named_optimizer_is_the_ser
     assert (cfg.optimizer.name, cfg.optimizer.options.lr, cfg.schedule.name) == ("sgd", 1.0, "constant")
     cfg = from_cli(None, [*SMALL, "fed=fedavg", "optimizer=adam", "optimizer.lr=0.01"])
     assert (cfg.optimizer.name, cfg.optimizer.options.lr) == ("adam", 0.01)
+
+
+def test_the_report_plots_accuracy_against_simulated_time_and_bytes_for_federated_runs_only(tmp_path):
+    from trainlab.report import write_compare_report
+
+    avg = run_quietly(tmp_path / "avg", [*SMALL, "steps=4", "fed=fedavg", "fed.clients=6"])
+    buff = run_quietly(tmp_path / "buff", [*SMALL, "steps=4", "fed=fedbuff", "fed.clients=6", "fed.buffer=2"])
+    plain = run_quietly(tmp_path / "plain", [*SMALL, "steps=4"])
+    page = write_compare_report([avg, buff, plain], tmp_path / "compare.html").read_text()
+    assert 'alt="fed_time"' in page and 'alt="fed_bytes"' in page and "simulated time" in page
+    alone = write_compare_report([plain], tmp_path / "plain.html").read_text()
+    assert "fed_time" not in alone

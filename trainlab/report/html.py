@@ -276,6 +276,8 @@ _CAPTIONS = {
     "loss_logx": "Loss on a log step axis (step 0 left out).",
     "metric": "{m}: train vs validation; dashed line: threshold.",
     "metric_logx": "{m} on a log step axis (step 0 left out).",
+    "fed_time": "Federated runs: validation {m} against simulated time (each run's steps are server updates).",
+    "fed_bytes": "Federated runs: validation {m} against the megabytes clients and server sent (up + down).",
 }
 
 

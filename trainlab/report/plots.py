@@ -88,7 +88,7 @@ def plot_run(run: Run, out_dir: str | Path) -> list[Path]:
             file = out / f"{'loss' if kind == 'loss' else 'metric'}{'_logx' if logx else ''}.png"
             _save(_run_figure(run, kind, logx), file)
             written.append(file)
-    return written
+    return written + plot_federation([run], out)
 
 
 def _run_figure(run: Run, kind: str, logx: bool) -> Figure:
@@ -185,7 +185,62 @@ def plot_compare(runs: Sequence[Run], out_dir: str | Path) -> list[Path]:
             file = out / f"{stem}{'_logx' if logx else ''}.png"
             _save(_compare_figure(members, kind, logx, labels, colors), file)
             written.append(file)
+    return written + plot_federation(runs, out, labels, colors)
+
+
+FED_AXES = {"fed_time": ("sim_time", 1.0, "simulated time (s)"),
+            "fed_bytes": ("bytes_total", 1e-6, "bytes sent, up + down (MB)")}
+
+
+def plot_federation(runs: Sequence[Run], out: Path, labels: dict[int, str] | None = None,
+                    colors: dict[int, str] | None = None) -> list[Path]:
+    """For federated runs (rows with ``sim_time``): the validation metric (or loss) against simulated time
+    (``fed_time.png``) and against the bytes clients and server sent (``fed_bytes.png``), one line per run --
+    what strategies are compared by, since their steps (server updates) cost different time and bytes."""
+    fed = [run for run in runs if run.series("sim_time") is not None]
+    if not fed:
+        return []
+    labels = labels or _run_labels(fed)
+    colors = colors or {id(r): RUN_COLORS[i % len(RUN_COLORS)] for i, r in enumerate(fed)}
+    metric = fed[0].metric if all(run.metric == fed[0].metric for run in fed) else "loss"
+    column = f"val_{metric}"
+    written = []
+    for stem, (xcol, scale, xlabel) in FED_AXES.items():
+        fig, ax = _new_figure()
+        plotted = []
+        for run in fed:
+            xs = _federation_x(run, xcol)
+            ys = run.series(column)
+            if xs is None or ys is None:
+                continue
+            at = dict(zip(ys[0].tolist(), ys[1].tolist()))
+            points = [(x * scale, at[step]) for step, x in zip(*xs) if step in at and math.isfinite(at[step])]
+            if points:
+                x, y = np.array(points).T
+                ax.plot(x, y, color=colors[id(run)], lw=1.5, label=labels[id(run)])
+                plotted.append(y)
+        _style_axes(ax)
+        ax.set_xlabel(_text(xlabel))
+        ax.set_ylabel(_text(f"validation {metric_label(metric)}"))
+        ax.set_title(f"validation {_text(metric_label(metric))} against {_text(xlabel.split(' (')[0])}", loc="left",
+                     fontsize=11)
+        if plotted:
+            legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+            _fit_legend(fig, legend)
+        file = out / f"{stem}.png"
+        _save(fig, file)
+        written.append(file)
     return written
+
+
+def _federation_x(run: Run, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Steps and the x values of a federation axis: ``sim_time``, or ``bytes_up + bytes_down``."""
+    if column != "bytes_total":
+        return run.series(column)
+    up, down = run.series("bytes_up"), run.series("bytes_down")
+    if up is None or down is None:
+        return None
+    return up[0], up[1] + down[1]
 
 
 def _compare_figure(
