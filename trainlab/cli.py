@@ -52,6 +52,7 @@ examples:
   trainlab list models --options
   trainlab list methods --options      # continual learning: each method's paper and continual.* options
   trainlab list pruning --options      # pruning methods and the prune.* options
+  trainlab list federated --options    # federated strategies, client rules, partitions, speeds, fed.* options
   trainlab list sections --options     # every section's keys (loss.*, probes.*, data.*, batch.*, ...) and defaults
 """
 
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "distributed strategies, continual-learning methods, pruning methods, or the "
                                      "config sections (loss, param, probes, data, batch, prune, ...) and their keys.")
     lst.add_argument("what", choices=["workloads", "models", "optimizers", "schedules", "probes", "strategies",
-                                      "methods", "pruning", "sections"])
+                                      "methods", "pruning", "federated", "sections"])
     lst.add_argument("--options", action="store_true", help="also show each component's options and defaults")
 
     exp = sub.add_parser("export", help="write a run's final weights as safetensors", epilog=EXPORT_EXAMPLES,
@@ -452,6 +453,22 @@ def _list(ns: argparse.Namespace) -> int:
                 _print_options(section, options)
             else:
                 print(f"{section:<10} {', '.join(f'{section}.{name}' for name, *_ in describe_options(options))}")
+        return 0
+    if ns.what == "federated":
+        from trainlab.federated.client import CLIENT_RULES
+        from trainlab.federated.clock import SPEEDS
+        from trainlab.federated.options import FedOptions
+        from trainlab.federated.partition import PARTITIONS
+        from trainlab.federated.strategies import STRATEGIES as FED_STRATEGIES
+
+        for title, registry in (("server strategies (fed.strategy)", FED_STRATEGIES),
+                                ("client rules (fed.client)", CLIENT_RULES), ("partitions (fed.partition)", PARTITIONS),
+                                ("client speeds (fed.speeds)", SPEEDS)):
+            print(f"{title}:")
+            _print_entries(registry)
+        if ns.options:
+            print("\noptions (fed.KEY=VALUE):")
+            _print_options("fed", FedOptions)
         return 0
     if ns.what == "pruning":
         from trainlab.prune.methods import PRUNE_METHODS
