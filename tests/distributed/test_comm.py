@@ -35,5 +35,6 @@ def test_list_strategies_names_every_registered_strategy_and_its_options(capsys)
     assert main(["list", "strategies", "--options"]) == 0
     out = capsys.readouterr().out
     listed = [line.split()[0] for line in out.splitlines() if line and not line.startswith((" ", "options"))]
-    assert listed == [e.name for e in STRATEGIES] == ["ddp", "zero1", "fsdp", "diloco", "streaming_diloco"]
+    assert listed == [e.name for e in STRATEGIES] == ["ddp", "zero1", "fsdp", "diloco", "streaming_diloco",
+                                                      "gradient_coding", "gossip"]
     assert "    dist.inner_steps = 50  (int)" in out and "dist.compression" in out

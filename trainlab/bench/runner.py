@@ -431,17 +431,23 @@ def check_backend(backend: str) -> None:
             raise BenchError("--backend ray needs Ray, which is not installed: pip install 'trainlab[ray]'")
 
 
+def _call_in_process_positional(fn: Callable[..., dict[str, Any]], args: tuple, threads: int,
+                                limit: float | None) -> dict[str, Any]:
+    """:func:`call_in_process` with positional arguments: what Ray's typed ``remote()`` passes on."""
+    return call_in_process(fn, args, threads=threads, limit=limit)
+
+
 def _run_ray(pending: list[Trial], job: Job, threads: int,
              finish: Callable[[Trial, dict[str, Any], int], None]) -> None:
     """Each trial as a Ray task that runs it in a :class:`ChildProcess` (so its wall-clock limit holds there)."""
     import ray
 
     ray.init(address=os.environ.get("RAY_ADDRESS") or None, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(num_cpus=threads)(call_in_process)
+    remote = ray.remote(num_cpus=threads)(_call_in_process_positional)
     refs = {}
     for trial in pending:
         fn, args, limit = job(trial)
-        refs[remote.remote(fn, args, threads=threads, limit=limit)] = trial
+        refs[remote.remote(fn, args, threads, limit)] = trial
     while refs:
         done, _ = ray.wait(list(refs), num_returns=1)
         for ref in done:

@@ -534,3 +534,7 @@ def build(options: Any, env: DistEnv) -> Strategy:
     """The strategy named by ``options.strategy`` (a :class:`~trainlab.train.config.DistOptions`)."""
     cls = STRATEGIES.get(options.strategy).factory
     return cls(options, env)
+
+
+# Strategies defined in their own modules register themselves on import (they import this module first).
+from trainlab.distributed import gradient_coding, gossip  # noqa: E402,F401

@@ -232,10 +232,12 @@ class DistOptions:
     outer loop with one worker). Options of a strategy that is not selected are refused.
     """
 
-    strategy: Literal["ddp", "zero1", "fsdp", "diloco", "streaming_diloco"] = option(
+    strategy: Literal["ddp", "zero1", "fsdp", "diloco", "streaming_diloco", "gradient_coding", "gossip"] = option(
         "ddp", help="ddp: DistributedDataParallel; zero1: DDP + ZeroRedundancyOptimizer (optimizer state sharded; "
                     "Rajbhandari et al. 2020); fsdp: FSDP2 fully_shard, ZeRO-3; diloco / streaming_diloco: local "
-                    "inner steps, outer Nesterov step on averaged pseudo-gradients (Douillard et al. 2023, 2025)")
+                    "inner steps, outer Nesterov step on averaged pseudo-gradients (Douillard et al. 2023, 2025); "
+                    "gradient_coding: coded gradients decoded despite s stragglers (Tandon et al. 2017); gossip: "
+                    "each worker its own model, averaged along graph edges on Poisson clocks (Nabli & Oyallon 2023)")
     compression: Literal["none", "dgc", "powersgd"] = option(
         "none", help="DDP communication hook (ddp, zero1): dgc = Deep Gradient Compression (Lin et al. 2018), "
                      "powersgd = PowerSGD (Vogels et al. 2019)")
@@ -268,6 +270,40 @@ class DistOptions:
     powersgd_start_iter: int = option(0, ge=0, help="powersgd: steps all-reduced dense before compressing")
     powersgd_min_compression_rate: float = option(1.0, ge=0.0, help="powersgd: compress an n x m matrix when "
                                                                     "nm/((n+m)r) exceeds this")
+    stragglers: int = option(1, ge=0, help="gradient_coding: s, workers per step whose coded gradients are ignored; "
+                                           "s + 1 must divide the number of processes")
+    straggler_seed: int = seed_option(help="gradient_coding: seed of each step's straggler draw (the same on every "
+                                           "process)")
+    graph: Literal["ring", "torus", "complete", "random"] = option(
+        "ring", help="gossip: the communication graph (torus: r x c = processes, r, c >= 2; random: Erdos-Renyi "
+                     "G(n, graph_p), redrawn until connected)")
+    graph_p: float = option(0.5, gt=0.0, le=1.0, help="gossip with graph=random: the edge probability")
+    gossip_clock: Literal["poisson", "synchronous"] = option(
+        "poisson", help="gossip: poisson = pairwise averages on edges firing as Poisson clocks after each step "
+                        "(DADAO's decoupled clocks); synchronous = one Metropolis-Hastings round every step "
+                        "(on the complete graph: the exact average, = DDP for SGD)")
+    gossip_rate: float = option(1.0, gt=0.0, help="gossip with gossip_clock=poisson: expected edge firings per "
+                                                  "worker per step (each sends the model each way)")
+    gossip_seed: int = seed_option(help="gossip: seed of the edge clocks and of graph=random")
+
+    def validate(self) -> None:
+        """The options of gradient_coding and gossip apply to them only (the other strategies' options are
+        checked by :func:`check_dist`); graph sizes and ``(s + 1) | processes`` are checked once the processes
+        are known."""
+        defaults = DistOptions()
+        owners = {"stragglers": "gradient_coding", "straggler_seed": "gradient_coding", "graph": "gossip",
+                  "graph_p": "gossip", "gossip_clock": "gossip", "gossip_rate": "gossip", "gossip_seed": "gossip"}
+        for key, owner in owners.items():
+            if getattr(self, key) != getattr(defaults, key) and self.strategy != owner:
+                raise ConfigError(key, f"applies to {owner} only, not to dist.strategy={self.strategy}")
+        if self.graph_p != defaults.graph_p and self.graph != "random":
+            raise ConfigError("graph_p", f"applies to dist.graph=random only, not to dist.graph={self.graph}")
+        if self.gossip_rate != defaults.gossip_rate and self.gossip_clock != "poisson":
+            raise ConfigError("gossip_rate", "applies to dist.gossip_clock=poisson only (a synchronous round "
+                                             "gossips once per step)")
+        if self.gossip_seed != defaults.gossip_seed and self.gossip_clock != "poisson" and self.graph != "random":
+            raise ConfigError("gossip_seed", "seeds the Poisson clocks and graph=random; a synchronous round over a "
+                                             f"{self.graph} graph draws nothing")
 
 
 # Which DistOptions belong to which strategy / compression (the others must stay at their defaults).

@@ -375,7 +375,7 @@ def config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[tuple[str
             continue
         if isinstance(before, dict) and isinstance(after, dict):
             changes += [(f"{key}.{sub}", before.get(sub), after.get(sub)) for sub in sorted(set(before) | set(after))
-                        if before.get(sub) != after.get(sub)]
+                        if sub in before and before.get(sub) != after.get(sub)]  # (a key added since: its default)
         else:
             changes.append((key, before, after))
     return changes
