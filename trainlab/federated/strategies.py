@@ -188,7 +188,7 @@ class FedFix(Strategy):
         while True:
             tick = (math.floor(sim.now / window + 1e-9) + 1) * window  # the end of the current window
             finished: list[Arrival] = []
-            while sim.next_arrival_time() <= tick:
+            while sim.next_arrival_time() <= tick + 1e-9 * window:  # due at the tick: n*w + tau may be an ulp past it
                 finished.append(sim.next_arrival())
             sim.advance_to(tick)
             weighted = [(a, math.ceil(a.expected / window - 1e-9) * sim.p[a.client]) for a in finished if not a.dropped]
@@ -207,6 +207,7 @@ class Group:
     deadline: float
     members: set[int] = field(default_factory=set)  # dispatched for this group, not yet arrived
     arrived: list[int] = field(default_factory=list)  # members that arrived (dropped out or not), in arrival order
+    buffer: list[Arrival] = field(default_factory=list)  # its members' on-time arrivals, applied with it
 
 
 @_register("fedcompass", "semi-asynchronous: local steps sized by each client's speed so that groups arrive together",
@@ -245,8 +246,8 @@ class FedCompass(Strategy):
             if group is not None:
                 group.members.discard(arrival.client)
                 group.arrived.append(arrival.client)
-                if not arrival.dropped:
-                    self.buffer.append(arrival)
+                if not arrival.dropped:  # waits for its own group (another group may update meanwhile)
+                    group.buffer.append(arrival)
                 if not group.members:
                     weighted = self._aggregate(gid)  # type: ignore[arg-type]
                     if weighted:
@@ -268,7 +269,9 @@ class FedCompass(Strategy):
         group = self.groups.pop(gid)
         for client in group.members:  # late: they arrive later with no group
             self.group_of.pop(client, None)
-        taken, self.buffer = self.buffer, []
+        taken, self.buffer = self.buffer + group.buffer, []
+        for a in taken:  # a member may have waited while another group updated: its staleness is the update's
+            a.staleness = sim.version - a.version
         returned = sorted(group.arrived, key=lambda c: (self.speed[c], c))
         if not taken:  # nothing to apply: the group's clients start again now
             self._assign_all(returned)
@@ -307,7 +310,8 @@ class FedCompass(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "speed": {str(k): v for k, v in self.speed.items()},
                 "groups": {str(g): {"expected": v.expected, "deadline": v.deadline, "members": sorted(v.members),
-                                    "arrived": list(v.arrived)} for g, v in self.groups.items()},
+                                    "arrived": list(v.arrived), "buffer": [a.state_dict() for a in v.buffer]}
+                           for g, v in self.groups.items()},
                 "group_of": {str(k): v for k, v in self.group_of.items()}, "next_group": self.next_group,
                 "buffer": [a.state_dict() for a in self.buffer]}
 
@@ -315,7 +319,8 @@ class FedCompass(Strategy):
         from trainlab.federated.simulator import Arrival
         super().load_state_dict(state)
         self.speed = {int(k): float(v) for k, v in state.get("speed", {}).items()}
-        self.groups = {int(g): Group(float(v["expected"]), float(v["deadline"]), set(v["members"]), list(v["arrived"]))
+        self.groups = {int(g): Group(float(v["expected"]), float(v["deadline"]), set(v["members"]), list(v["arrived"]),
+                                     [Arrival.from_state(a) for a in v.get("buffer", [])])
                        for g, v in state.get("groups", {}).items()}
         self.group_of = {int(k): int(v) for k, v in state.get("group_of", {}).items()}
         self.next_group = int(state.get("next_group", 0))
