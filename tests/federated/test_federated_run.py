@@ -89,6 +89,7 @@ def test_same_config_same_run_and_the_seed_changes_it(tmp_path):
     (["fed.buffer=3"], "buffer"),  # without a strategy
     (["fed=fedavg", "fed.buffer=3"], "buffer"),  # another strategy's option
     (["fed=fedcompass", "fed.participation=0.5"], "participation"),
+    (["fed=fedfix", "fed.participation=0.5"], "participation"),  # its weights sum to ~participation, not 1
     (["fed=fedavg", "fed.prox_mu=0.1"], "prox_mu"),
     (["fed=fedcompass", "fed.q_min=9", "fed.q_max=5"], "q_max"),
     (["fed=fedavg", "fed.speeds=trace"], "speed_trace"),

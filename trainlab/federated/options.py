@@ -111,3 +111,6 @@ class FedOptions:
             raise ConfigError("q_min", f"must not exceed fed.q_max={self.q_max}")
         if self.strategy == "fedcompass" and self.participation not in (None, 1.0):
             raise ConfigError("participation", "fedcompass schedules every client (cross-silo): leave it at 1")
+        if self.strategy == "fedfix" and self.participation not in (None, 1.0):
+            raise ConfigError("participation", "fedfix's weights ceil(tau/window) p_i assume every client trains "
+                                               "(Fraboni et al.): leave it at 1")

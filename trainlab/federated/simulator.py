@@ -25,6 +25,7 @@ size up; dropped clients send nothing up. Buffers (BatchNorm statistics) are the
 
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 from dataclasses import asdict, dataclass
@@ -127,13 +128,16 @@ class Simulator:
         self.arrived = self.dropped = 0
         self.staleness_sum = 0
         self.rng = torch.Generator().manual_seed(seed + 7919)  # whom to sample, who drops out
+        self._idle = list(range(self.clients))  # sorted; kept with the flights (O(log N) to find, not O(N) a draw)
+        self._busy: set[int] = set()
         self._after: list[Callable[[], Any]] = []
         self.last_loss = math.nan
 
     # --- what strategies use ------------------------------------------------------------------------------------
     @property
-    def busy(self) -> set[int]:
-        return {f.client for f in self.flights.values()}
+    def busy(self) -> frozenset[int]:
+        """The clients in flight."""
+        return frozenset(self._busy)
 
     def expected_time(self, client: int, steps: int) -> float:
         return steps * self.step_time[client]
@@ -144,14 +148,14 @@ class Simulator:
 
     def idle_client(self) -> int:
         """A client not in flight, drawn uniformly (the one that just arrived is idle again)."""
-        busy = self.busy
-        idle = [c for c in range(self.clients) if c not in busy]
-        return idle[int(torch.randint(len(idle), (1,), generator=self.rng))]
+        return self._idle[int(torch.randint(len(self._idle), (1,), generator=self.rng))]
 
     def dispatch(self, client: int, steps: int) -> None:
         """Send ``client`` the server's weights and ``steps`` local steps; its arrival goes on the queue."""
-        if client in self.busy:
+        if client in self._busy:
             raise RuntimeError(f"client {client} is already training")  # a strategy's bug, not the user's
+        self._busy.add(client)
+        del self._idle[bisect.bisect_left(self._idle, client)]
         dropped = bool(torch.rand((), generator=self.rng) < self.opts.dropout)
         expected = self.expected_time(client, steps)
         flight = Flight(client, steps, self.now, expected, self.version, dropped)
@@ -175,6 +179,8 @@ class Simulator:
         event = self.queue.pop()
         self.now = max(self.now, event.time)
         flight = self.flights.pop(event.ticket)
+        self._busy.discard(flight.client)
+        bisect.insort(self._idle, flight.client)
         arrival = Arrival(flight.client, event.ticket, event.time, flight.sent_time, flight.steps, flight.expected,
                           flight.version, self.version - flight.version, flight.dropped)
         if flight.dropped:
@@ -290,6 +296,8 @@ class Simulator:
                                                          examples=int(r["examples"]))
             self.flights[int(ticket)] = Flight(int(f["client"]), int(f["steps"]), float(f["sent_time"]),
                                                float(f["expected"]), int(f["version"]), bool(f["dropped"]), result)
+        self._busy = {f.client for f in self.flights.values()}
+        self._idle = [c for c in range(self.clients) if c not in self._busy]
         self.next_ticket = int(state["next_ticket"])
         self.dispatches = [int(v) for v in state["dispatches"]]
         self.bytes_down = [int(v) for v in state["bytes_down"]]

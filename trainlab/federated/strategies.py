@@ -69,7 +69,6 @@ class Strategy:
 
     name: ClassVar[str]
     default_participation: ClassVar[float] = 0.1
-    needs_everyone: ClassVar[bool] = False  # defined for every client training at once (participation 1)
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
@@ -150,8 +149,10 @@ class AsyncFedAvg(Strategy):
         sim = self.sim
         if sim.slots < sim.clients:
             return 1.0 / sim.clients
-        rates = [1.0 / sim.expected_time(c, sim.opts.local_steps) for c in range(sim.clients)]
-        return rates[client] / math.fsum(rates)
+        if not hasattr(self, "_rates"):  # the clients' arrival rates are fixed: computed once, not every update
+            self._rates = [1.0 / sim.expected_time(c, sim.opts.local_steps) for c in range(sim.clients)]
+            self._rate_sum = math.fsum(self._rates)
+        return self._rates[client] / self._rate_sum
 
 
 @_register("fedbuff", "asynchronous with a buffer: the server applies the mean of K staleness-scaled updates",
@@ -215,7 +216,6 @@ class Group:
            "a Computing Power-Aware Scheduler")
 class FedCompass(Strategy):
     default_participation = 1.0
-    needs_everyone = True
 
     def __init__(self, sim: Simulator) -> None:
         super().__init__(sim)
