@@ -87,7 +87,7 @@ def test_leaderboard_and_page_escape_submission_names(tmp_path):
     assert command in board and "<script" not in board.replace(command, "")
     assert "| &lt;script>alert(1)&lt;/script> \\| x y |" in board and "w (acc >= 0.9)" in board
     standings = board.split("| rank |")[1].split("\n\n")[0].splitlines()[2:]
-    assert len(standings) == 2 and all(len(re.findall(r"(?<!\\)\|", row)) == 10 for row in standings)  # 9 cells
+    assert len(standings) == 2 and all(len(re.findall(r"(?<!\\)\|", row)) == 11 for row in standings)  # 10 cells
     page = (out / "report.html").read_text()
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
@@ -99,3 +99,50 @@ def test_markdown_escaping():
     assert md("<b>&amp;\r\n\x1b[2J <= 1") == "&lt;b>&amp;amp; [2J <= 1"  # no HTML, line break or terminal escape
     assert md("caf\udce9") == "caf\\\\xe9"  # not UTF-8: escaped, then its backslash too
     assert md_code("a `b` c") == "``a `b` c``" and md_code("`x`") == "`` `x` ``"
+
+
+def test_algoperf_speedup_charges_a_miss_the_budget_and_the_row_carries_it():
+    """Hand computation: w1 both solve, 10 s vs 5 s (2x); w2 the baseline misses (charged its 40 s budget) and the
+    submission takes 20 s (2x): AlgoPerf's geometric mean 2x over both; the both-solved speedup uses w1 alone."""
+    from trainlab.bench.scoring import algoperf_speedup
+
+    assert algoperf_speedup({"w1": 10.0, "w2": math.inf}, {"w1": 5.0, "w2": 20.0}, {"w1": 100.0, "w2": 40.0}) == 2.0
+    # a submission's miss against the baseline's 10 s on a 40 s budget: 10/40 = 0.25 -> sqrt(2 * 0.25)
+    assert algoperf_speedup({"w1": 10.0, "w2": 10.0}, {"w1": 5.0, "w2": math.inf},
+                            {"w1": 100.0, "w2": 40.0}) == pytest.approx(math.sqrt(0.5))
+    assert algoperf_speedup({"w": math.inf}, {"w": math.inf}, {"w": 10.0}) == 1.0  # both miss: a tie
+    assert math.isnan(algoperf_speedup({"w": 1.0}, {"w": 2.0}, {}))  # no budget known
+    records = [{**rec("b", "w", r, 0, 10.0), "time_budget": 40.0} for r in range(3)]
+    records += [{**rec("s", "w", r, 0, None), "time_budget": 40.0} for r in range(3)]
+    row = next(r for r in standings(records, ["w"], ["b", "s"], "b", heldout=False).rows if r.name == "s")
+    assert row.speedup_algoperf == 0.25 and math.isnan(row.speedup)  # both-solved: nothing to compare
+
+
+def test_detectable_speedup_against_the_normal_approximation_and_when_nothing_can_be_detected():
+    from statistics import NormalDist, stdev
+
+    from trainlab.bench.scoring import detectable_speedup, sign_test_can_reject
+
+    base = {"w": [10.0, 12.0, 9.0, 11.0, 10.5, 9.5]}
+    sub = {"w": [5.0, 7.0, 5.5, 4.0, 6.0, 5.0]}
+    d = [math.log(b / s) for b, s in zip(base["w"], sub["w"])]
+    z = NormalDist().inv_cdf(0.95) + NormalDist().inv_cdf(0.8)  # 1.645 + 0.842
+    assert detectable_speedup(base, sub) == pytest.approx(math.exp(z * stdev(d) / math.sqrt(6)))
+    # the sign test reaches p < 0.05 one-sided only from 5 untied pairs on (0.5^4 = 0.0625, 0.5^5 = 0.031)
+    assert [sign_test_can_reject(n) for n in (1, 4, 5)] == [False, False, True]
+    assert detectable_speedup({"w": base["w"][:4]}, {"w": sub["w"][:4]}) == math.inf
+    assert detectable_speedup({"w": [1.0] * 6}, {"w": [math.inf] * 5 + [1.0]}) == math.inf  # 1 pair both solved
+
+
+def test_the_leaderboard_says_what_a_not_distinguishable_run_could_have_detected(tmp_path):
+    from trainlab.bench.report import _standings_table
+
+    records = [rec("b", w, r, 0, 10.0 + r) for w in ("w1", "w2") for r in range(3)]
+    records += [rec("c", w, r, 0, 10.5 - r) for w in ("w1", "w2") for r in range(3)]
+    st = standings(records, ["w1", "w2"], ["b", "c"], "b", heldout=False)
+    headers, rows = _standings_table(st)
+    verdict = rows[[r[1] for r in rows].index("c")][headers.index("verdict")]
+    assert verdict.startswith("not distinguishable (could detect >= ") and verdict.endswith("x)")
+    few = standings(records[:2] + records[6:8], ["w1"], ["b", "c"], "b", heldout=False)
+    _, rows = _standings_table(few)
+    assert "too few repetitions" in rows[[r[1] for r in rows].index("c")][headers.index("verdict")]

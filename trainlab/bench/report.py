@@ -135,7 +135,7 @@ def _secs(value: float) -> str:
 def _standings_table(st: Standings) -> tuple[list[str], list[list[str]]]:
     base = st.baseline or "—"
     headers = ["rank", "submission", "benchmark score", "solved", f"speedup vs {base} [95% CI]",
-               "wins-losses", "p (sign)", "p (perm.)", "verdict"]
+               "speedup, misses = budget", "wins-losses", "p (sign)", "p (perm.)", "verdict"]
     rows = []
     for i, r in enumerate(st.rows, 1):
         if r.name == st.baseline:
@@ -145,10 +145,16 @@ def _standings_table(st: Standings) -> tuple[list[str], list[list[str]]]:
                      f"({r.speedup_used} workload{'s' if r.speedup_used != 1 else ''})")
         else:
             speed = "—"
+        verdict = r.verdict
+        if verdict == "not distinguishable":  # how large a difference it would have seen
+            verdict += (f" (could detect >= {r.detectable:.2f}x)" if math.isfinite(r.detectable)
+                        else " (too few repetitions to detect any speedup)")
         rows.append([str(i), r.name, f"{r.score:.3f}", f"{r.solved}/{len(st.workloads)}", speed,
+                     "—" if r.name == st.baseline or not math.isfinite(r.speedup_algoperf)
+                     else f"{r.speedup_algoperf:.2f}x",
                      "—" if r.name == st.baseline else f"{r.wins}-{r.losses}",
                      "—" if r.name == st.baseline else _p(r.p_sign),
-                     "—" if r.name == st.baseline else f"{_p(r.p_perm)} ({r.perm_pairs} pairs)", r.verdict])
+                     "—" if r.name == st.baseline else f"{_p(r.p_perm)} ({r.perm_pairs} pairs)", verdict])
     return headers, rows
 
 
@@ -214,9 +220,13 @@ _DEFINITIONS = (
     "a repetition counts as a miss when the held-out variant misses its target. Benchmark score: AlgoPerf's "
     "normalised area under the performance profile from tau = 1 to 4 (1 = fastest everywhere; ratios beyond 4 "
     "and misses count as never). Speedup: geometric mean over the workloads both solve of baseline time / "
-    "submission time; CI: paired bootstrap over repetitions. p (sign): one-sided sign test that the submission "
-    "reaches the target first, over (workload, repetition) pairs (a hit beats a miss); p (perm.): sign-flip "
-    "permutation test of the paired log time ratios. Verdict 'faster' needs p (sign) < 0.05."
+    "submission time; CI: paired bootstrap over repetitions. 'Speedup, misses = budget': AlgoPerf's convention, "
+    "the geometric mean over every workload with a miss charged the workload's time budget. p (sign): one-sided "
+    "sign test that the submission reaches the target first, over (workload, repetition) pairs (a hit beats a "
+    "miss); p (perm.): sign-flip permutation test of the paired log time ratios. Verdict 'faster' needs p (sign) "
+    "< 0.05; 'not distinguishable' names the smallest speedup the run could have detected (power 0.8, one-sided "
+    "0.05, from the spread of the paired log ratios), or says that too few repetitions were run for the sign test "
+    "to reach 0.05 at all (fewer than 5 pairs)."
 )
 
 

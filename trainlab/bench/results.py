@@ -85,6 +85,18 @@ class Row:
     p_perm: float
     perm_pairs: int
     verdict: str
+    speedup_algoperf: float = math.nan  # every workload, a miss counted as its time budget (AlgoPerf)
+    detectable: float = math.nan  # the smallest speedup this run could have detected (power 0.8)
+
+
+def time_budgets(records: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Each workload's time budget (seconds) of its base trials, the cost AlgoPerf charges a miss."""
+    out: dict[str, float] = {}
+    for row in records:
+        budget = row.get("time_budget")
+        if row.get("kind") == "bench" and row.get("variant") == "base" and isinstance(budget, (int, float)):
+            out[row["workload"]] = max(out.get(row["workload"], 0.0), float(budget))
+    return out
 
 
 @dataclass
@@ -104,7 +116,9 @@ class Standings:
 
 def standings(records: Iterable[dict[str, Any]], workloads: Sequence[str], submissions: Sequence[str],
               baseline: str | None, *, heldout: bool, alpha: float = scoring.ALPHA) -> Standings:
+    records = list(records)
     table = cells(records, heldout=heldout)
+    budgets = time_budgets(records)
     result = Standings(list(workloads), list(submissions), baseline, table, [])
     times = result.times()
     scores = scoring.benchmark_score(times)
@@ -114,6 +128,7 @@ def standings(records: Iterable[dict[str, Any]], workloads: Sequence[str], submi
         speedup, used, ci = math.nan, 0, (math.nan, math.nan)
         wins = losses = perm_pairs = 0
         p_sign = p_perm = math.nan
+        speedup_algoperf = detectable = math.nan
         verdict = "baseline" if sub == baseline else ""
         if baseline is not None and sub != baseline:
             base_reps = {w: result.cell(baseline, w).reps for w in workloads}
@@ -122,6 +137,8 @@ def standings(records: Iterable[dict[str, Any]], workloads: Sequence[str], submi
             ci = scoring.bootstrap_speedup_ci(base_reps, sub_reps)
             wins, losses, p_sign = scoring.sign_test(base_reps, sub_reps)
             p_perm, perm_pairs = scoring.permutation_test(base_reps, sub_reps)
+            speedup_algoperf = scoring.algoperf_speedup(times[baseline], times[sub], budgets)
+            detectable = scoring.detectable_speedup(base_reps, sub_reps, alpha=alpha)
             _, _, p_slower = scoring.sign_test(sub_reps, base_reps)
             if p_sign < alpha and wins > losses:
                 verdict = "faster"
@@ -130,7 +147,7 @@ def standings(records: Iterable[dict[str, Any]], workloads: Sequence[str], submi
             else:
                 verdict = "not distinguishable"
         rows.append(Row(sub, scores[sub], solved, speedup, used, ci, wins, losses, p_sign, p_perm, perm_pairs,
-                        verdict))
+                        verdict, speedup_algoperf, detectable))
     rows.sort(key=lambda r: (-r.score, r.name != baseline, r.name))
     result.rows = rows
     return result

@@ -11,7 +11,11 @@ AlgoPerf's definitions (Dahl et al. 2023; ``../shared/reference/algorithms.md`` 
 - benchmark score ``B_s = 1/(r_max - 1) ∫_1^{r_max} ρ_s(τ) dτ`` with ``r_max = 4``: ratios beyond ``r_max``
   count as never. ``ρ`` is a step function, so the integral is exact: each workload with ``r <= r_max``
   contributes ``(r_max - r) / (r_max - 1)``, averaged over workloads;
-- speedup over the baseline: the geometric mean over workloads both solve of ``t_base / t_s``.
+- speedup over the baseline: the geometric mean over workloads both solve of ``t_base / t_s``; and, as AlgoPerf
+  counts it (:func:`algoperf_speedup`), over every workload with a miss counted as the workload's time budget.
+
+Power (:func:`detectable_speedup`): the smallest speedup the run could have detected, so that "not
+distinguishable" says how large a difference it would have seen.
 
 Uncertainty: a bootstrap over repetitions (paired resampling) gives a confidence interval of the speedup;
 a one-sided sign test over (workload, repetition) pairs -- does the submission reach the target first? a miss
@@ -77,6 +81,43 @@ def geomean_speedup(base: Mapping[str, float], sub: Mapping[str, float]) -> tupl
     if not logs:
         return math.nan, 0
     return math.exp(sum(logs) / len(logs)), len(logs)
+
+
+def algoperf_speedup(base: Mapping[str, float], sub: Mapping[str, float], budgets: Mapping[str, float]) -> float:
+    """Geometric mean over every workload of ``t_base / t_sub``, a miss counting as the workload's time budget
+    (AlgoPerf's convention: a submission that misses is charged the whole budget). Workloads without a budget
+    are skipped; nan if none is left."""
+    logs = []
+    for w, budget in budgets.items():
+        if w not in base or w not in sub or not math.isfinite(budget) or budget <= 0:
+            continue
+        b, s = (min(t, budget) if math.isfinite(t) else budget for t in (base[w], sub[w]))
+        if b > 0 and s > 0:
+            logs.append(math.log(b / s))
+    return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
+def sign_test_can_reject(pairs: int, alpha: float = ALPHA) -> bool:
+    """Whether a one-sided sign test over ``pairs`` untied pairs can reach p < alpha at all (all pairs won):
+    ``0.5 ** pairs < alpha``, i.e. at least 5 pairs for alpha = 0.05."""
+    return pairs > 0 and 0.5**pairs < alpha
+
+
+def detectable_speedup(base: Mapping[str, Sequence[float]], sub: Mapping[str, Sequence[float]], *,
+                       alpha: float = ALPHA, power: float = 0.8) -> float:
+    """The smallest geometric speedup (>= 1) this run could have detected with probability ``power`` at level
+    ``alpha`` (one-sided): ``exp((z_{1-alpha} + z_power) * sd / sqrt(n))`` with ``sd`` the standard deviation of
+    the paired ``log(t_base / t_sub)`` over the n repetitions both solved -- the normal approximation of a paired
+    test of the mean log ratio. ``inf`` when nothing can be detected: fewer than 2 pairs both solved, or too few
+    pairs for the sign test (the verdict's test) to ever reach ``alpha`` (:func:`sign_test_can_reject`)."""
+    pairs = _pairs(base, sub)
+    d = [math.log(b / s) for b, s in pairs if math.isfinite(b) and math.isfinite(s) and b > 0 and s > 0]
+    if len(d) < 2 or not sign_test_can_reject(len(pairs), alpha):
+        return math.inf
+    from statistics import NormalDist, stdev
+
+    z = NormalDist().inv_cdf(1 - alpha) + NormalDist().inv_cdf(power)
+    return math.exp(z * stdev(d) / math.sqrt(len(d)))
 
 
 def median(values: Sequence[float]) -> float:
