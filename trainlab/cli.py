@@ -88,7 +88,7 @@ examples:
       --ruleset external --trials 5 --studies 3     # tune on a search space: median of per-study best
   trainlab bench --submission my_algo.py --ruleset self    # a Python-file submission, no tuning, 3x budget
   trainlab bench --submission adamw --out results/small --resume   # continue an interrupted bench
-  trainlab bench set-targets --seeds 3              # rerun the tuned baselines: results/targets/targets.json
+  trainlab bench set-targets --seeds 5              # rerun the tuned baselines: results/targets/targets.json
   trainlab bench --submission lion --targets results/targets/targets.json   # score against those targets
   trainlab bench report results/small               # rewrite leaderboard.md, plots and report.html
   trainlab bench --submission examples/autolrs_submission.py --ruleset self   # AutoLRS: its own lr per stage
@@ -282,8 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-baseline", action="store_true", help="do not add the baseline submission")
     bench.add_argument("--ruleset", choices=["external", "self"], default="external",
                        help="external: tune on the search space; self: defaults only, 3x budgets (default external)")
-    bench.add_argument("--seeds", type=int, default=3, metavar="N",
-                       help="repetitions (seeds 0..N-1) of untuned submissions; target-setting seeds (default 3)")
+    bench.add_argument("--seeds", type=int, metavar="N",
+                       help="repetitions (seeds 0..N-1) of untuned submissions (default 3); set-targets: target-setting "
+                            "seeds (default 5)")
+    bench.add_argument("--target-quantile", choices=["worst", "median"], default="worst",
+                       help="set-targets: the target is the worst (default) or the median of the seeds' best values")
     bench.add_argument("--trials", type=int, default=5, metavar="N",
                        help="quasi-random trials per study of a search space (default 5)")
     bench.add_argument("--studies", type=int, metavar="S", help="studies of a search space (default: --seeds)")
@@ -630,6 +633,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         raise ConfigError("--trial-timeout", f"`bench {action}` takes no trial timeout (only a bench's trials have one)")
     if action != "set-targets" and ns.targets_file:
         raise ConfigError("--targets-file", "only `bench set-targets` writes targets; a bench reads --targets")
+    if action != "set-targets" and ns.target_quantile != "worst":
+        raise ConfigError("--target-quantile", "chooses how `bench set-targets` sets targets; a bench reads them")
     if action == "report":
         from trainlab.bench.report import write_report
 
@@ -643,7 +648,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
         out = ns.out or "results/targets"
         targets_file = ns.targets_file or str(Path(out) / "targets.json")  # never the installed package by default
-        data = set_targets(ns.names[1:], seeds=ns.seeds, workers=ns.workers, threads=ns.threads, out=out,
+        data = set_targets(ns.names[1:], seeds=ns.seeds or 5, quantile=ns.target_quantile, workers=ns.workers,
+                           threads=ns.threads, out=out,
                            targets_file=targets_file, progress=not ns.quiet,
                            command="trainlab bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "")
         for name, entry in data["workloads"].items():
@@ -656,7 +662,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     if not ns.submission and ns.no_baseline:
         raise ConfigError("--submission", "give at least one submission (or drop --no-baseline)")
     result = run_bench(ns.names, ns.submission, baseline=None if ns.no_baseline else ns.baseline,
-                       ruleset=ns.ruleset, seeds=ns.seeds, trials=ns.trials, studies=ns.studies or ns.seeds,
+                       ruleset=ns.ruleset, seeds=ns.seeds or 3, trials=ns.trials, studies=ns.studies or ns.seeds or 3,
                        workers=ns.workers, threads=ns.threads, backend=ns.backend, heldout=not ns.no_heldout,
                        out=ns.out, resume=ns.resume, progress=not ns.quiet, targets=ns.targets,
                        trial_timeout=ns.trial_timeout)

@@ -139,3 +139,14 @@ def test_the_report_plots_accuracy_against_simulated_time_and_bytes_for_federate
     assert 'alt="fed_time"' in page and 'alt="fed_bytes"' in page and "simulated time" in page
     alone = write_compare_report([plain], tmp_path / "plain.html").read_text()
     assert "fed_time" not in alone
+
+
+def test_the_ray_backend_without_ray_is_a_one_line_error(tmp_path, monkeypatch):
+    import sys
+
+    from trainlab.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails, as where Ray is not installed
+    with pytest.raises(UserError, match=r"pip install 'trainlab\[ray\]'") as err:
+        run_quietly(tmp_path / "run", [*SMALL, "steps=2", "fed=fedavg", "fed.clients=4", "fed.backend=ray"])
+    assert "\n" not in str(err.value)
