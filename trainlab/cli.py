@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--target-quantile", choices=["worst", "median"], default="worst",
                        help="set-targets: the target is the worst (default) or the median of the seeds' best values")
     bench.add_argument("--trials", type=int, default=5, metavar="N",
-                       help="quasi-random trials per study of a search space (default 5)")
+                       help="quasi-random trials per study of a search space (default 5); a search space that is a "
+                       "list of points runs each point once per study, at most N (the first N points)")
     bench.add_argument("--studies", type=int, metavar="S", help="studies of a search space (default: --seeds)")
     bench.add_argument("--workers", type=int, metavar="W",
                        help="parallel worker processes (default: the CPU cores; 0 = in this process)")
@@ -299,7 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--trial-timeout", type=float, metavar="SECONDS",
                        help="kill a trial running longer than this and record it as failed (default: 4 x its time "
                        "budget + 120 s; not with --workers 0)")
-    bench.add_argument("--no-heldout", action="store_true", help="skip the held-out variants (no gate)")
+    bench.add_argument("--heldout", action="store_true",
+                       help="gate each hit by the workload's held-out variant, reached with the hyperparameters chosen "
+                            "on the base workload (trainlab's gate, stricter than AlgoPerf v0.5's; default: no "
+                            "held-out variants, as AlgoPerf's rules since 2025)")
+    bench.add_argument("--no-heldout", action="store_true", help="no held-out variants (the default; kept for old "
+                                                                 "commands)")
     bench.add_argument("--out", metavar="DIR", help="results directory (default: results/SUITE; set-targets: "
                        "results/targets)")
     bench.add_argument("--resume", action="store_true", help="continue the bench in --out: finished trials are kept")
@@ -624,6 +630,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag}", f"must be >= 1, got {value}")
     if ns.workers is not None and ns.workers < 0:
         raise ConfigError("--workers", f"must be >= 0, got {ns.workers}")
+    if ns.heldout and ns.no_heldout:
+        raise ConfigError("--heldout", "and --no-heldout contradict each other; give one")
     action = ns.names[0] if ns.names else ""
     if action in ("set-targets", "report") and ns.submission:
         raise ConfigError("--submission", f"`bench {action}` takes no submissions")
@@ -663,7 +671,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         raise ConfigError("--submission", "give at least one submission (or drop --no-baseline)")
     result = run_bench(ns.names, ns.submission, baseline=None if ns.no_baseline else ns.baseline,
                        ruleset=ns.ruleset, seeds=ns.seeds or 3, trials=ns.trials, studies=ns.studies or ns.seeds or 3,
-                       workers=ns.workers, threads=ns.threads, backend=ns.backend, heldout=not ns.no_heldout,
+                       workers=ns.workers, threads=ns.threads, backend=ns.backend, heldout=ns.heldout,
                        out=ns.out, resume=ns.resume, progress=not ns.quiet, targets=ns.targets,
                        trial_timeout=ns.trial_timeout)
     print(result.text)

@@ -19,7 +19,8 @@ def tiny():
 @pytest.mark.slow
 def test_tiny_bench_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
-    assert cli.main(["bench", "tiny", *SUBS, "--seeds", "1", "--workers", "2", "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["bench", "tiny", *SUBS, "--seeds", "1", "--workers", "2", "--heldout", "--out", str(out),
+                     "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "benchmark score" in printed and "sgdm" in printed and "adamw" in printed
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -43,8 +44,8 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
     assert cli.main(["bench", "tiny", *SUBS, "--seeds", "1", "--out", str(out), "--quiet"]) == 2  # would mix benches
     assert "already holds a bench" in capsys.readouterr().err
     # resuming a finished bench runs nothing (no trial is rerun, no worker starts)
-    assert cli.main(["bench", "tiny", *SUBS, "--seeds", "1", "--workers", "0", "--out", str(out), "--quiet",
-                     "--resume"]) == 0
+    assert cli.main(["bench", "tiny", *SUBS, "--seeds", "1", "--workers", "0", "--heldout", "--out", str(out),
+                     "--quiet", "--resume"]) == 0
     assert [json.loads(line)["score"] for line in (out / "results.jsonl").read_text().splitlines()] == \
         [r["score"] for r in records]
 
@@ -60,6 +61,8 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
     (["bench", "tiny", "--submission", "adamw", "--targets", "/no/such/targets.json"], "is not a file"),
     (["bench", "set-targets", "--targets", "t.json"], "reads no targets"),
     (["bench", "tiny", "--submission", "adamw", "--targets-file", "t.json"], "only `bench set-targets` writes"),
+    (["bench", "tiny", "--submission", "adamw", "--heldout", "--no-heldout"], "contradict"),
+    (["bench", "tiny", "--submission", "adamw", "--target-quantile", "median"], "set-targets"),
 ])
 def test_mistakes_exit_2_with_one_line(args, message, tmp_path, capsys):
     assert cli.main([*args, "--out", str(tmp_path / "o")] if args[1] != "report" else args) == 2

@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray", reason="pip install 'trainlab[ray]': the Ray ba
 
 SUBS = ["--submission", "adamw optimizer.lr=1e-2 name=adamw", "--baseline",
         "sgd optimizer.lr=0.1 optimizer.momentum=0.9 name=sgdm"]
-CLOCKS = ("time", "train_time")
+CLOCKS = ("time", "train_time", "cpu_time", "cpu_train_time")
 
 
 def _records(out):
@@ -27,7 +27,7 @@ def test_ray_backend_scores_every_trial_as_the_process_pool(tmp_path):
     register_tiny()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        args = ["bench", "tiny", *SUBS, "--seeds", "1", "--quiet"]
+        args = ["bench", "tiny", *SUBS, "--seeds", "1", "--heldout", "--quiet"]
         assert cli.main([*args, "--backend", "ray", "--out", str(tmp_path / "ray")]) == 0
     finally:
         ray.shutdown()

@@ -40,14 +40,14 @@ class BenchResult:
 def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str | None = submission.BASELINE,
               ruleset: str = "external", seeds: int = 3, trials: int = 5, studies: int | None = None,
               workers: int | None = None, threads: int | None = None, backend: str = "process",
-              heldout: bool = True, out: str | Path | None = None, resume: bool = False,
+              heldout: bool = False, out: str | Path | None = None, resume: bool = False,
               progress: bool = True, targets: str | Path | None = None,
               trial_timeout: float | None = None) -> BenchResult:
     """Bench ``submissions`` (``--submission`` specs) on the suites/workloads ``names``; see ``trainlab bench -h``.
 
     ``baseline`` is added unless already among them (None: none; speedups are then not computed).
     ``seeds`` repetitions for submissions without a search space (and self-tuning); ``studies`` x ``trials``
-    for a search space under external tuning. ``heldout=False`` skips the held-out gate. ``out`` defaults to
+    for a search space under external tuning. ``heldout=True`` adds the held-out gate (off by default, as in AlgoPerf's rules since 2025). ``out`` defaults to
     ``results/SUITE``; an existing bench there is continued only with ``resume=True``. ``targets`` is a targets
     file written by ``set-targets`` to use instead of the packaged ``trainlab/bench/targets.json``.
     ``trial_timeout`` (seconds) replaces each trial's wall-clock limit (default: 4 x its time budget + 120 s;
