@@ -1,10 +1,14 @@
 """Which trials a bench runs: submissions x workloads x the ruleset's trials, then the held-out gate.
 
-Phase 1 runs every submission's trials on every workload (see :func:`trainlab.bench.tuning.plan_trials`).
+Phase 1 runs every submission's trials on every workload (see :func:`trainlab.bench.tuning.plan_trials`;
+a search space that is a list of points gives trial ``i`` of every study point ``i``, and runs at most
+``trials`` of its points per study: a longer list runs its first ``trials``, and :func:`base_trials` says so).
 Phase 2 runs, for every submission, workload and repetition ``r``, the workload's held-out variant once,
 with the hyperparameters of repetition ``r``'s best base trial and seed ``r``; a repetition whose held-out
 trial misses its target counts as a miss on the base workload too (AlgoPerf v0.5's held-out gate). A
-repetition that missed on the base workload runs no held-out trial.
+repetition that missed on the base workload runs no held-out trial. The held-out trial's hyperparameters are
+those its base record holds (for a list of points: the chosen point's values), whichever form the search
+space has.
 
 Every trial trains with ``trace=false`` (the per-step trace computes a gradient norm inside the timed step)
 and ``stop_at_target=true`` (with ``target_metric``/``target`` when the bench's metric is a loss rather than the
@@ -13,6 +17,7 @@ workload's own metric): the run ends at the first evaluation that meets the targ
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Iterable, Sequence
 
 from trainlab.bench.runner import Trial, trial_id
@@ -55,8 +60,14 @@ def bench_trial(workload: BenchWorkload, sub: Submission, *, ruleset: str, study
 
 def base_trials(workloads: Sequence[BenchWorkload], subs: Sequence[Submission], *, ruleset: str, seeds: int,
                 studies: int, trials: int, suite: str) -> list[Trial]:
+    """Phase 1: every submission's trials (:func:`~trainlab.bench.tuning.plan_trials`) on every workload,
+    interleaved. A submission whose search space lists more points than ``trials`` runs the first ``trials``
+    of them in each study; a line on stderr says so."""
     per_sub = []
     for sub in subs:
+        if ruleset == "external" and isinstance(sub.search_space, tuple) and len(sub.search_space) > trials:
+            print(f"trainlab: {sub.name}: its search space lists {len(sub.search_space)} points; --trials {trials} "
+                  f"runs the first {trials} of them in each study", file=sys.stderr)
         per_sub.append([bench_trial(workload, sub, ruleset=ruleset, study=plan.study, index=plan.index,
                                     seed=plan.seed, hyperparameters=plan.hyperparameters, suite=suite)
                         for plan in plan_trials(sub.search_space, ruleset, trials=trials, studies=studies,

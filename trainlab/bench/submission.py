@@ -3,7 +3,8 @@
 A submission is an optimizer with its options, a schedule with its options, the trainer options an
 algorithm may choose (``grad_clip``, ``batch_size``), regularisers (``loss.z_loss``, ``loss.grokalign``,
 ``loss.elr``; never the loss function, which is the workload's), and optionally a search space for external
-tuning.
+tuning: a mapping of keys to dimensions (sampled quasi-randomly), or a list of points (fixed configurations,
+AlgoPerf's current rules: trial ``i`` of every study takes point ``i``; see :mod:`trainlab.bench.tuning`).
 Three ways to write one:
 
 - **Command-line words**: ``adamw``; ``optimizer=lion optimizer.lr=3e-4 schedule=cosine
@@ -18,10 +19,17 @@ Three ways to write one:
       grad_clip: 1.0
       search_space: {optimizer.lr: loguniform(1e-5, 1e-3)}
 
+  or, as a list of points (every point with the same keys; the keys as a dimension's; plain values)::
+
+      search_space:
+        - {optimizer.lr: 1.0e-4, optimizer.weight_decay: 0.1}
+        - {optimizer.lr: 3.0e-4, optimizer.weight_decay: 0.01}
+
 - **A Python file** defining (see ``examples`` in README, "bench")::
 
       HYPERPARAMETERS = {"lr": 1e-3}                 # defaults (self-tuning uses these); optional
-      SEARCH_SPACE = {"lr": "loguniform(1e-4, 1e-2)"}  # optional, for external tuning
+      SEARCH_SPACE = {"lr": "loguniform(1e-4, 1e-2)"}  # optional, for external tuning; or a list of
+                                                     # points: [{"lr": 1e-3}, {"lr": 3e-3}]
       BATCH_SIZE = 64                                # optional (default: the workload's)
       def make_optimizer(params, hyperparameters) -> torch.optim.Optimizer: ...
       def make_schedule(total_steps, hyperparameters) -> Callable[[int], float]: ...   # optional
@@ -55,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from trainlab.bench.tuning import Dim, parse_dim
+from trainlab.bench.tuning import Dim, Points, SearchSpace, make_points, parse_dim, plain_value
 from trainlab.config import ConfigError, load_yaml_file, option
 from trainlab.errors import UserError, one_line, quote_path
 
@@ -81,7 +89,8 @@ BASELINE = "nadamw"
 @dataclass(frozen=True)
 class Submission:
     """A training algorithm. ``search_space`` keys are dotted (``optimizer.lr``, ``schedule.warmup_frac``,
-    ``grad_clip``, ``batch_size``); ``file`` is set for a Python-file submission (registered at run time)."""
+    ``grad_clip``, ``batch_size``); it maps them to dimensions, or is a tuple of points (dicts of those keys to
+    values). ``file`` is set for a Python-file submission (registered at run time)."""
 
     name: str
     optimizer: str
@@ -89,7 +98,7 @@ class Submission:
     schedule: str = "constant"
     schedule_options: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
-    search_space: dict[str, Dim] = field(default_factory=dict)
+    search_space: SearchSpace = field(default_factory=dict)
     file: str | None = None
     spec: str = ""
 
@@ -104,11 +113,9 @@ class Submission:
                     sched[name] = value  # sees the same hyperparameters (both are registered as submission_<hash>)
             elif section == "schedule" and name:
                 sched[name] = value
-            elif key in TRAINER_KEYS or key in REGULARISER_KEYS:
-                trainer[key] = value
             else:
-                raise ConfigError(key, "not a submission key; allowed: optimizer.KEY, schedule.KEY, "
-                                       + ", ".join((*TRAINER_KEYS, *REGULARISER_KEYS)))
+                check_key(key)
+                trainer[key] = value
         if WARMUP_FRAC in sched:
             frac = float(sched.pop(WARMUP_FRAC))
             if not 0 <= frac < 1:
@@ -125,8 +132,21 @@ class Submission:
         parts.append(f"schedule={self.schedule}")
         parts += [f"{k}={fmt(v)}" for k, v in self.schedule_options.items()]
         parts += [f"{k}={fmt(v)}" for k, v in self.trainer.items()]
-        parts += [f"{k}~{d}" for k, d in self.search_space.items()]
+        if isinstance(self.search_space, dict):
+            parts += [f"{k}~{d}" for k, d in self.search_space.items()]
+        else:
+            points = " | ".join(" ".join(f"{k}={fmt(v)}" for k, v in p.items()) for p in self.search_space)
+            parts.append(f"search_space~[{points}]")
         return " ".join(parts)
+
+
+def check_key(key: str) -> None:
+    """Refuse a hyperparameter key that is not the algorithm's: allowed are ``optimizer.KEY``, ``schedule.KEY``,
+    the trainer keys and the regularisers."""
+    section, _, name = key.partition(".")
+    if not ((section in ("optimizer", "schedule") and name) or key in TRAINER_KEYS or key in REGULARISER_KEYS):
+        raise ConfigError(key, "not a submission key; allowed: optimizer.KEY, schedule.KEY, "
+                               + ", ".join((*TRAINER_KEYS, *REGULARISER_KEYS)))
 
 
 def fmt(value: Any) -> str:
@@ -196,9 +216,13 @@ def from_yaml(path: str) -> Submission:
             for sub_key, sub_value in value.items():
                 _set(tree, f"loss.{sub_key}", sub_value)
         elif key == "search_space":
-            if not isinstance(value, Mapping):
-                raise ConfigError("search_space", "expected a mapping of dotted keys to dimensions")
-            tree["search_space"] = dict(value)
+            if isinstance(value, list):
+                tree["search_space"] = value  # a list of points
+            elif not isinstance(value, Mapping):
+                raise ConfigError("search_space", "expected a mapping of dotted keys to dimensions, or a list of "
+                                                  "points (mappings of dotted keys to values)")
+            else:
+                tree["search_space"] = dict(value)
         else:
             _set(tree, str(key), value)
     tree.setdefault("name", file.stem)
@@ -206,14 +230,26 @@ def from_yaml(path: str) -> Submission:
 
 
 def from_mapping(tree: Mapping[str, Any], spec: str = "") -> Submission:
-    """A submission from ``{name, optimizer: {name, ...}, schedule: {...}, grad_clip, batch_size, search_space}``."""
+    """A submission from ``{name, optimizer: {name, ...}, schedule: {...}, grad_clip, batch_size, search_space}``;
+    ``search_space`` a mapping of dotted keys to dimensions, or a list of points (mappings of dotted keys to
+    values: :func:`trainlab.bench.tuning.make_points`)."""
     opt = dict(tree.get("optimizer") or {})
     sched = dict(tree.get("schedule") or {"name": "constant"})
     name = opt.pop("name", None)
     if not name:
         raise ConfigError("submission", "no optimizer named (e.g. `adamw` or optimizer=lion)")
+    raw_space = tree.get("search_space")
+    points: Points | None = None
+    if isinstance(raw_space, (list, tuple)):
+        points = make_points(raw_space)
+        for key in points[0]:  # every point has point 0's keys
+            try:
+                check_key(key)
+            except ConfigError as err:
+                raise ConfigError(err.key, f"{err.message} (a key of search_space's points)") from None
+        raw_space = None
     space: dict[str, Dim] = {}
-    for key, value in dict(tree.get("search_space") or {}).items():
+    for key, value in dict(raw_space or {}).items():
         dim = parse_dim(str(key), value)
         if dim is None:
             raise ConfigError(str(key), f"expected loguniform(lo, hi), uniform(lo, hi) or choice(...), got {value!r}")
@@ -232,6 +268,12 @@ def from_mapping(tree: Mapping[str, Any], spec: str = "") -> Submission:
             del trainer[key]
     sched_name = sched.pop("name", "constant")
     label = str(tree.get("name") or _label(spec or str(name)))
+    if points is not None:
+        if space:  # a dimension written among the options (optimizer.lr=loguniform(...)) beside a list of points
+            key = next(iter(space))
+            raise ConfigError(key, f"a dimension ({space[key]}) beside a search space that is a list of points; "
+                                   "give this key's values in the points instead")
+        return Submission(label, str(name), opt, str(sched_name), sched, trainer, points, spec=spec)
     return Submission(label, str(name), opt, str(sched_name), sched, trainer, space, spec=spec)
 
 
@@ -249,16 +291,17 @@ def _label(spec: str) -> str:
 CHECK_LIMIT = 300.0  # seconds for the check: importing torch on a loaded machine, the file, one optimizer
 PROBE_STEPS = 100  # the step budget the check builds the schedule for
 _VALUE_TYPES = "a number, a string, true/false, None or a list of numbers or strings"
+_plain_value = plain_value  # a value the config can hold as an option: a scalar, or a list of numbers or strings
 
 
 @dataclass(frozen=True)
 class FileSpec:
     """What the bench plans with, read from a Python-file submission: its hyperparameter defaults (trainer keys
-    such as ``batch_size`` included), search space (the file's own keys), ``BATCH_SIZE`` and whether it
-    defines ``make_schedule``."""
+    such as ``batch_size`` included), search space (the file's own keys: dimensions, or a tuple of points),
+    ``BATCH_SIZE`` and whether it defines ``make_schedule``."""
 
     hyperparameters: dict[str, Any]
-    search_space: dict[str, Dim]
+    search_space: SearchSpace
     batch_size: int | None
     schedule: bool
 
@@ -330,7 +373,11 @@ def read_file(path: str | Path) -> tuple[Any, FileSpec]:
     for key, value in hyperparameters.items():
         if not _plain_value(value):
             raise _refuse(path, f"HYPERPARAMETERS[{key!r}] is {_shown(value)}; expected {_VALUE_TYPES}")
-    space = {key: _dim(path, key, value) for key, value in _named_dict(module, "SEARCH_SPACE", path).items()}
+    space: SearchSpace
+    if isinstance(getattr(module, "SEARCH_SPACE", None), (list, tuple)):
+        space = _points(path, module.SEARCH_SPACE)
+    else:
+        space = {key: _dim(path, key, value) for key, value in _named_dict(module, "SEARCH_SPACE", path).items()}
     batch_size = getattr(module, "BATCH_SIZE", None)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise _refuse(path, f"BATCH_SIZE is {_shown(batch_size)}; expected None or a positive int")
@@ -350,14 +397,6 @@ def _named_dict(module: Any, attribute: str, path: str | Path) -> dict[str, Any]
     return dict(value)
 
 
-def _plain_value(value: Any) -> bool:
-    """A value the config can hold as an option: a scalar, or a list of numbers or strings."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    return isinstance(value, (list, tuple)) and all(
-        isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value)
-
-
 def _dim(path: str | Path, key: str, value: Any) -> Dim:
     try:
         dim = parse_dim(key, value)
@@ -367,6 +406,18 @@ def _dim(path: str | Path, key: str, value: Any) -> Dim:
         raise _refuse(path, f"SEARCH_SPACE[{key!r}] is {_shown(value)}; expected 'loguniform(lo, hi)', "
                             "'uniform(lo, hi)' or 'choice(a, b, ...)'")
     return dim
+
+
+def _points(path: str | Path, value: Any) -> Points:
+    """``SEARCH_SPACE`` given as a list of points: dicts with the same keys (Python identifiers) and plain values."""
+    try:
+        points = make_points(value, "SEARCH_SPACE")
+    except ConfigError as err:
+        raise _refuse(path, str(err)) from None
+    for key in points[0]:  # every point has point 0's keys
+        if not key.isidentifier():
+            raise _refuse(path, f"SEARCH_SPACE[0] key {key!r} is not a Python identifier")
+    return points
 
 
 def _field_type(value: Any) -> Any:
@@ -386,6 +437,8 @@ def _field_type(value: Any) -> Any:
 def _options_class(spec: FileSpec, digest: str) -> type:
     """A frozen options dataclass of the file's hyperparameters (defaults, plus search-space keys)."""
     defaults = {k: v for k, v in spec.hyperparameters.items() if k not in TRAINER_KEYS}
+    if not isinstance(spec.search_space, dict):
+        return _points_options_class(defaults, spec.search_space, digest)
     space = {k: d for k, d in spec.search_space.items() if k not in TRAINER_KEYS}
     fields = []
     for key in sorted({*defaults, *space}):
@@ -398,6 +451,22 @@ def _options_class(spec: FileSpec, digest: str) -> type:
             default = float(dim.values[0]) if dim is not None else None
         tp = _field_type(default)
         fields.append((key, tp, option(tuple(default) if isinstance(default, list) else default, help="submission hyperparameter")))
+    return dataclasses.make_dataclass(f"Submission{digest}Options", fields, frozen=True)
+
+
+def _points_options_class(defaults: dict[str, Any], points: Points, digest: str) -> type:
+    """:func:`_options_class` for a list of points: a key's default is its default, or else point 0's value; a
+    number's field is a float when any point (or the default) gives that key a float."""
+    fields = []
+    for key in sorted({*defaults, *(k for k in points[0] if k not in TRAINER_KEYS)}):
+        values = [p[key] for p in points if key in p]
+        default = defaults[key] if key in defaults else values[0]
+        numbers_ = [default, *values]
+        if (isinstance(default, int) and not isinstance(default, bool) and any(isinstance(v, float) for v in numbers_)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers_)):
+            default = float(default)
+        fields.append((key, _field_type(default),
+                       option(tuple(default) if isinstance(default, list) else default, help="submission hyperparameter")))
     return dataclasses.make_dataclass(f"Submission{digest}Options", fields, frozen=True)
 
 
@@ -524,7 +593,12 @@ def from_file(path: str) -> Submission:
     trainer = {k: defaults.pop(k) for k in TRAINER_KEYS if k in defaults}
     if spec.batch_size is not None:
         trainer["batch_size"] = spec.batch_size
-    space = {key if key in TRAINER_KEYS else f"optimizer.{key}": dim for key, dim in spec.search_space.items()}
+    space: SearchSpace
+    if isinstance(spec.search_space, dict):
+        space = {key if key in TRAINER_KEYS else f"optimizer.{key}": dim for key, dim in spec.search_space.items()}
+    else:
+        space = tuple({key if key in TRAINER_KEYS else f"optimizer.{key}": value for key, value in point.items()}
+                      for point in spec.search_space)
     return Submission(
         name=file.stem, optimizer=name, optimizer_options=defaults,
         schedule=name if spec.schedule else "constant", schedule_options=dict(defaults) if spec.schedule else {},
