@@ -95,7 +95,7 @@ examples:
   trainlab bench sensitivity charlm                 # study: final loss vs lr, qk-layernorm / z-loss (--help)
   trainlab bench transfer --widths 32,64,128,256    # study: best lr vs width for adamw, muon, dualized (--help)
 
-SUITE|WORKLOAD: small (default: mnist1d_mlp mnist1d_cnn modular_grok charlm sparse_parity) or workload names.
+SUITE|WORKLOAD: small (default: mnist1d_mlp mnist1d_cnn modular_mlp charlm sparse_parity) or workload names.
 SPEC: a preset (nadamw = baseline), an optimizer name and key=value words (optimizer.KEY, schedule,
       schedule.KEY, schedule.warmup_frac, grad_clip, batch_size, loss.z_loss, name=LABEL; a value
       loguniform(lo,hi), uniform(lo,hi) or choice(a,b) is a search-space dimension), a .yaml or a .py file.
