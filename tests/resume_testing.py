@@ -20,12 +20,15 @@ from trainlab.train import runlog
 from trainlab.train.loop import StopFlag
 
 
+CLOCKS = ("time", "cpu_time", "wall")  # the columns a resumed run may not repeat exactly
+
+
 class Killed(Exception):
     """Stands for SIGKILL: nothing after it runs, nothing is checkpointed."""
 
 
 def _rows(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "wall")}
+    return [{k: v for k, v in json.loads(line).items() if k not in CLOCKS}
             for line in path.read_text().splitlines()]
 
 

@@ -280,12 +280,15 @@ ROWS = [
 def test_summary_from_rows():
     out = summary_of.from_rows(ROWS, "acc", higher_is_better=True)
     assert out["steps"] == 15 and out["train_time"] == 1.0 and out["wall_time"] == 2.5
+    assert out["cpu_time"] is None  # rows written before the CPU clock
+    assert summary_of.from_rows([{**r, "cpu_time": r["step"] / 8} for r in ROWS], "acc", True)["cpu_time"] == 1.875
     assert out["best_val_acc"] == 0.7 and summary_of.from_rows(ROWS, "acc", False)["best_val_acc"] == 0.1
     # final: each key's last value, so the probe row at the end does not hide the last evaluation
     assert out["final"]["train_acc"] == 0.9 and out["final"]["weights/total"] == 3.5 and out["final"]["time"] is None
     assert out["final"]["val_loss"] is None and out["final"]["step"] == 15
     empty = summary_of.from_rows([], "acc", True)
-    assert empty == {"steps": None, "train_time": None, "wall_time": None, "final": {}, "best_val_acc": None}
+    assert empty == {"steps": None, "train_time": None, "cpu_time": None, "wall_time": None, "final": {},
+                     "best_val_acc": None}
 
 
 def test_probe_cost():

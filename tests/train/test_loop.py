@@ -30,7 +30,7 @@ def test_tiny_run_learns_and_writes_the_run_directory(tmp_path):
     run_dir = trainlab.run(None, TINY, out=tmp_path / "run", quiet=True)
     metrics = rows(run_dir)
     assert [r["step"] for r in metrics] == [0, 20, 40, 60]
-    for key in ("step", "time", "wall", "lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+    for key in ("step", "time", "cpu_time", "wall", "lr", "train_loss", "train_acc", "val_loss", "val_acc"):
         assert key in metrics[0]
     assert metrics[-1]["train_loss"] < 0.5 * metrics[0]["train_loss"]
     summary = json.loads((run_dir / "summary.json").read_text())

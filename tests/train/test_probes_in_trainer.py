@@ -88,8 +88,8 @@ def test_resume_with_probes_is_identical(tmp_path):
     resumed = trainlab.run(None, ["steps=8"], resume=tmp_path / "part", quiet=True, report=False)
 
     def measured(run_dir):  # everything but the clocks
-        return [{k: v for k, v in r.items() if k not in ("time", "wall") and not k.startswith("probe_seconds")}
-                for r in rows(run_dir)]
+        return [{k: v for k, v in r.items()
+                 if k not in ("time", "cpu_time", "wall") and not k.startswith("probe_seconds")} for r in rows(run_dir)]
 
     assert measured(full) == measured(resumed)  # rank needs W0: it was checkpointed
 

@@ -5,6 +5,11 @@ optimizer steps, paused for evaluation, logging and checkpointing (``trainlab.tr
 reaches its target at the first evaluation whose validation metric meets it *within both budgets*
 (training time <= time budget and step <= step budget); otherwise it is a miss (time ``inf``, step None),
 also when it diverged, ran out of time or was interrupted before.
+
+Beside the wall clock, the score carries the trainer's CPU clock (``cpu_time``: the trial process's CPU seconds,
+all its threads, in the same stretches of the loop), which a loaded neighbour on the same cores barely moves.
+The budgets stay on the wall clock. Runs written before the CPU clock have no ``cpu_time`` column: their
+``cpu_time`` is None (unknown) when they reached the target, and records written before it load the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeGuard
 
 from trainlab.errors import RunDirError
 from trainlab.rundir import RunDir
@@ -29,17 +34,39 @@ class TrialScore:
     status: str  # the run's status (summary.json), "missing" without one
     train_time: float | None  # the run's total training seconds
     steps: int | None  # steps the run took
+    # CPU training seconds at the first evaluation meeting the target: inf for a miss, None for a hit in a run
+    # whose rows have no cpu_time (written before the CPU clock)
+    cpu_time: float | None = None
+    cpu_train_time: float | None = None  # the run's total CPU training seconds (None before the CPU clock)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["time"] = None if math.isinf(self.time) else self.time
+        out["cpu_time"] = None if self.cpu_time is None or math.isinf(self.cpu_time) else self.cpu_time
         return out
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> TrialScore:
+        """The score :meth:`to_dict` wrote; a record written before the CPU clock (no ``cpu_time`` /
+        ``cpu_train_time`` keys) loads with ``cpu_time`` inf for a miss and None for a hit."""
         d = dict(d)
         d["time"] = math.inf if d.get("time") is None else float(d["time"])
+        cpu = d.get("cpu_time")
+        d["cpu_time"] = float(cpu) if cpu is not None else None if d.get("reached") else math.inf
+        d.setdefault("cpu_train_time", None)
         return TrialScore(**d)
+
+
+class Hit(NamedTuple):
+    """When a trial first met its target: wall training seconds (inf for a miss), the step (None for a miss) and
+    CPU training seconds (inf for a miss; None when the row meeting it has no ``cpu_time``)."""
+
+    time: float
+    step: int | None
+    cpu_time: float | None
+
+
+MISS = Hit(math.inf, None, math.inf)
 
 
 def finished(run_dir: str | Path) -> bool:
@@ -60,9 +87,10 @@ def meets(value: Any, target: float, higher_is_better: bool) -> bool:
     return value >= target if higher_is_better else value <= target
 
 
-def score_rows(rows: list[dict[str, Any]], metric: str, target: float, higher_is_better: bool, *,
-               time_budget: float | None = None, step_budget: int | None = None) -> tuple[float, int | None]:
-    """(time, step) of the first row meeting ``target`` within the budgets; (inf, None) for a miss."""
+def first_hit(rows: list[dict[str, Any]], metric: str, target: float, higher_is_better: bool, *,
+              time_budget: float | None = None, step_budget: int | None = None) -> Hit:
+    """The :class:`Hit` of the first row meeting ``target`` within the budgets (``time_budget`` is on the wall
+    clock, ``time``); :data:`MISS` for a miss."""
     for row in rows:
         time, step = row.get("time"), row.get("step")
         if metric not in row or time is None or step is None:
@@ -70,8 +98,21 @@ def score_rows(rows: list[dict[str, Any]], metric: str, target: float, higher_is
         if (time_budget is not None and time > time_budget) or (step_budget is not None and step > step_budget):
             break
         if meets(row[metric], target, higher_is_better):
-            return float(time), int(step)
-    return math.inf, None
+            cpu = row.get("cpu_time")
+            return Hit(float(time), int(step), float(cpu) if _is_number(cpu) else None)
+    return MISS
+
+
+def score_rows(rows: list[dict[str, Any]], metric: str, target: float, higher_is_better: bool, *,
+               time_budget: float | None = None, step_budget: int | None = None) -> tuple[float, int | None]:
+    """(time, step) of the first row meeting ``target`` within the budgets; (inf, None) for a miss
+    (:func:`first_hit` has the CPU clock too)."""
+    hit = first_hit(rows, metric, target, higher_is_better, time_budget=time_budget, step_budget=step_budget)
+    return hit.time, hit.step
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def best_value(rows: list[dict[str, Any]], metric: str, higher_is_better: bool) -> float | None:
@@ -87,10 +128,10 @@ def score_run(run_dir: str | Path, metric: str, target: float | None, higher_is_
     rd = RunDir(run_dir)
     rows = rd.metrics()
     summary = rd.summary() or {}
-    time, step = (math.inf, None) if target is None else score_rows(
+    hit = MISS if target is None else first_hit(
         rows, metric, target, higher_is_better, time_budget=time_budget, step_budget=step_budget)
     return TrialScore(
-        reached=step is not None, time=time, step=step, best=best_value(rows, metric, higher_is_better),
+        reached=hit.step is not None, time=hit.time, step=hit.step, best=best_value(rows, metric, higher_is_better),
         status=str(summary.get("status", "missing")), train_time=summary.get("train_time"),
-        steps=summary.get("steps"),
+        steps=summary.get("steps"), cpu_time=hit.cpu_time, cpu_train_time=summary.get("cpu_time"),
     )

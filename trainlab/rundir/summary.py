@@ -26,18 +26,21 @@ PROBE_SECONDS = "probe_seconds"  # ``probe_seconds/<probe>``: the measured secon
 
 
 def from_rows(rows: Sequence[dict[str, Any]], metric: str, higher_is_better: bool) -> dict[str, Any]:
-    """``steps``, ``train_time``, ``wall_time``, ``final`` and ``best_val_<metric>`` of metrics ``rows``.
+    """``steps``, ``train_time``, ``cpu_time``, ``wall_time``, ``final`` and ``best_val_<metric>`` of ``rows``.
 
-    ``steps`` is the last row's step and ``train_time`` / ``wall_time`` the last finite ``time`` / ``wall``
-    (seconds, rounded to ms): the trainer, which has counted steps and time up to its very last step, replaces
-    the first two with its own. ``final`` maps each key to its value in the last row that carries it: a row of
+    ``steps`` is the last row's step and ``train_time`` / ``cpu_time`` / ``wall_time`` the last finite ``time`` /
+    ``cpu_time`` / ``wall`` (seconds, rounded to ms; ``cpu_time`` is None for rows written before the CPU clock):
+    the trainer, which has counted steps and both training clocks up to its very last step, replaces the first three
+    with its own. ``final`` maps each key to its value in the last row that carries it: a row of
     probes between evaluations has no ``train_*`` / ``val_*`` keys, so the last row alone would lose them.
     ``best_val_<metric>`` is the best finite validation value (``None`` when there is none).
     """
     last_time, last_wall = _last_finite(rows, "time"), _last_finite(rows, "wall")
+    last_cpu = _last_finite(rows, "cpu_time")
     return {
         "steps": rows[-1]["step"] if rows else None,
         "train_time": round(last_time, 3) if last_time is not None else None,
+        "cpu_time": round(last_cpu, 3) if last_cpu is not None else None,
         "wall_time": round(last_wall, 3) if last_wall is not None else None,
         "final": final_values(rows),
         f"best_val_{metric}": _best(rows, f"val_{metric}", higher_is_better),

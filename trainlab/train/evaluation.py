@@ -71,8 +71,11 @@ def evaluate(t: Training, s: TrainState, wall: float) -> dict[str, Any]:
 
 
 def timing_row(t: Training, s: TrainState, wall: float) -> dict[str, Any]:
-    """Where and when: the row of a step probed between evaluations, and the head of every metrics row."""
-    return {"step": s.step, "time": round(s.train_time, 6), "wall": round(wall, 3),
+    """Where and when: the row of a step probed between evaluations, and the head of every metrics row.
+
+    ``time`` and ``cpu_time`` are the training clocks (wall and this process's CPU seconds of optimizer steps,
+    :mod:`trainlab.train.loop`); ``wall`` is the wall time since the run began, everything included."""
+    return {"step": s.step, "time": round(s.train_time, 6), "cpu_time": round(s.cpu_time, 6), "wall": round(wall, 3),
             "lr": t.logged_lr(min(s.step, t.steps - 1))}
 
 

@@ -12,7 +12,11 @@ iteration, at step ``s`` (``s`` optimizer steps already taken)::
 
 A checkpoint at ``s`` therefore holds the state *after* the row of ``s`` was written; a resumed run continues
 from there and does not repeat that row. The training clock counts the optimizer steps (with the batch
-selection and lr setting that belong to them), never evaluation, logging or checkpointing.
+selection and lr setting that belong to them), never evaluation, logging or checkpointing. It is two clocks
+started and stopped together (:class:`Clocks`): wall seconds (``train_time``, the row's ``time``) and the
+process's CPU seconds (``cpu_time``: every thread of this process, so two torch threads cost twice one), which a
+busy neighbour on the same cores barely moves. The CPU clock counts this process only: work in other processes
+(Ray clients of a federated run) and on an accelerator is not in it.
 
 Nothing that is not finite is kept: a step whose training loss is NaN or inf, or a checkpoint about to be
 written that holds such a tensor (:func:`~trainlab.train.state.prepare_checkpoint`), ends the run as
@@ -57,7 +61,7 @@ def train_loop(t: Training, s: TrainState, rd: RunDir, log: RunLog, stop: StopFl
     start, wall0, sync = s.step, time.perf_counter() - s.wall_offset, _synchronizer(t.env.device)
     watch = LossWatch(t)
     t.prober.snapshot_initial(t.model)
-    t_seg = time.perf_counter()
+    clocks = Clocks()
     while True:
         fresh = not (s.step == start and start > 0)  # a resumed run does not repeat its checkpoint's row
         due = Pause(evaluating=(s.step % eval_every == 0 or s.step == steps or s.step in t.eval_steps) and fresh,
@@ -67,7 +71,7 @@ def train_loop(t: Training, s: TrainState, rd: RunDir, log: RunLog, stop: StopFl
         bad_loss = watch.first_nonfinite() if watch.due(s.step, due) else None
         if due.any or bad_loss:
             sync()
-            s.train_time += time.perf_counter() - t_seg  # the clock pauses here
+            clocks.pause(s)  # the clocks pause here
             log.trace(drain_trace(s))
             if bad_loss:
                 return stop_diverged(s, log, evaluate(t, s, time.perf_counter() - wall0),
@@ -75,7 +79,7 @@ def train_loop(t: Training, s: TrainState, rd: RunDir, log: RunLog, stop: StopFl
             ending = pause(t, s, rd, log, wall0, due)
             if ending:
                 return ending
-            t_seg = time.perf_counter()  # and runs again
+            clocks.run()  # and run again
         if s.step >= steps:
             return "completed"
         t.prober.before_step(t.model, s.step)
@@ -84,6 +88,22 @@ def train_loop(t: Training, s: TrainState, rd: RunDir, log: RunLog, stop: StopFl
         loss = train_step(t, s)
         watch.add(s.step - 1, loss)  # the step just taken
         log.step(s.step, loss)
+
+
+class Clocks:
+    """The training clocks' current segment: it starts at :meth:`run` (and when built) and its wall seconds
+    (``time.perf_counter``) and process CPU seconds (``time.process_time``) are added to ``s.train_time`` and
+    ``s.cpu_time`` at :meth:`pause`, so both clocks always count exactly the same stretches of the loop."""
+
+    def __init__(self) -> None:
+        self.run()
+
+    def run(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def pause(self, s: TrainState) -> None:
+        s.train_time += time.perf_counter() - self.wall
+        s.cpu_time += time.process_time() - self.cpu
 
 
 @dataclass(frozen=True)

@@ -373,6 +373,7 @@ def _summary(t: Training, s: TrainState, rd: RunDir, status: str, command: str,
         "steps": s.step,
         "steps_planned": t.steps,
         "train_time": round(s.train_time, 3),
+        "cpu_time": round(s.cpu_time, 3),  # this process's CPU seconds in the same stretches (trainlab.train.loop)
         "events": s.tracker.summary(),
         **summarize.continual_summary(rows, t.steps),  # a task sequence's matrix, ACC/BWT/FWT, stability gaps
         "divergence": divergence_summary(s),
@@ -413,7 +414,7 @@ def closing_text(summary: dict[str, Any], path: Path, report_path: Path | None) 
     """The terminal's closing summary of a run."""
     metric, ev = summary["metric"], summary["events"]
     lines = [f"trainlab: {summary['status']} {summary['steps']} steps in {summary['train_time']:.1f} s of training "
-             f"({summary['wall_time'] or 0:.1f} s wall)"]
+             f"({summary.get('cpu_time') or 0:.1f} s CPU, {summary['wall_time'] or 0:.1f} s wall)"]
     continual = summary.get("continual")
     if continual:  # a task sequence: what it retained, not when it first fitted (De Lange et al.'s metrics too)
         lines.append(f"  {continual['tasks']} tasks: average accuracy {_g(continual.get('acc'))}, backward transfer "

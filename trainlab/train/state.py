@@ -1,6 +1,6 @@
 """The state a run changes while it trains, and the one checkpoint format that holds it.
 
-:class:`TrainState` is small: the step, the two clocks, the events and what their detectors remember, the byte
+:class:`TrainState` is small: the step, the clocks, the events and what their detectors remember, the byte
 meter's position and a buffer of trace rows. A checkpoint is that state plus the model's, the optimizer's and
 the strategy's state dicts, the objective's and the probes' state and the RNG -- everything a
 :class:`~trainlab.train.training.Training` rebuilt from the same config needs to continue bit for bit.
@@ -40,6 +40,7 @@ class TrainState:
     tracker: EventTracker
     step: int = 0  # optimizer steps taken
     train_time: float = 0.0  # seconds spent in optimizer steps (evaluation, logging, checkpoints excluded)
+    cpu_time: float = 0.0  # this process's CPU seconds (all its threads) in those same stretches of the loop
     wall_offset: float = 0.0  # wall seconds of earlier sessions of this run (a resumed clock continues)
     comm_logged: int = 0  # the byte meter's total at the previous metrics row
     grad_norm: Tensor | None = None  # the last step's clipped global gradient norm (with grad_clip)
@@ -73,7 +74,7 @@ def checkpoint_payload(t: Training, s: TrainState, wall: float) -> dict[str, Any
     strategy = t.strategy
     local = {"model": strategy.model_state(t.model), "optimizer": strategy.optimizer_state(t.model, t.optimizer),
              "strategy": strategy.state_dict()}
-    payload = {**local, "train_time": s.train_time, "wall_time": wall, "rng": rng,
+    payload = {**local, "train_time": s.train_time, "cpu_time": s.cpu_time, "wall_time": wall, "rng": rng,
                "events": [e.to_dict() for e in s.tracker.events], "event_state": dict(s.tracker.state),
                "objective": t.objective.state_dict(), "probe_initial": t.prober.initial,
                "world_size": strategy.world_size, "strategy_name": strategy.name, "config": t.cfg.to_plain(),
@@ -203,6 +204,7 @@ def restore(t: Training, payload: dict[str, Any]) -> TrainState:
                            payload["events"], payload.get("event_state"), gap_threshold=t.cfg.continual.gap_threshold)
     step = payload["step"]
     return TrainState(tracker=tracker, step=step, train_time=float(payload["train_time"]),
+                      cpu_time=float(payload.get("cpu_time", 0.0)),  # checkpoints before the CPU clock: from 0
                       wall_offset=float(payload["wall_time"]), comm_logged=strategy.meter.total,
                       last_checkpoint=step)
 
@@ -215,6 +217,7 @@ _PAYLOAD: dict[str, tuple[str, bool]] = {
     "probe_initial": ("mapping", False), "config": ("mapping", False), "strategy_name": ("string", False),
     "world_size": ("int", False), "ranks": ("list", False), "continual": ("mapping", False),
     "prune": ("mapping", False), "threads": ("int", False), "federation": ("mapping", False),
+    "cpu_time": ("number", False),  # absent from checkpoints written before the CPU clock
 }
 # kind -> (the types it allows, how a message names it)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -251,7 +254,8 @@ def _is_kind(value: Any, kind: str) -> bool:
 def _numbers_problem(payload: dict[str, Any]) -> str | None:
     if payload["step"] < 0:
         return f"'step' is {payload['step']}, not a step count"
-    bad = next((k for k in ("train_time", "wall_time") if not math.isfinite(payload[k])), None)
+    bad = next((k for k in ("train_time", "wall_time", "cpu_time") if k in payload and not math.isfinite(payload[k])),
+               None)
     return f"{bad!r} is {payload[bad]}, not a finite number of seconds" if bad else None
 
 
