@@ -25,7 +25,8 @@ def test_words_presets_and_search_space():
     assert cfg.optimizer.name == "lion" and cfg.optimizer.options.lr == 3e-4 and cfg.schedule.options.warmup == 20
     base = submission.parse("nadamw")
     assert base.optimizer == "nadam" and base.optimizer_options["decoupled_weight_decay"] is True
-    assert set(base.search_space) == {"optimizer.lr", "optimizer.weight_decay"}
+    assert isinstance(base.search_space, tuple) and all(set(p) == {"optimizer.lr", "optimizer.weight_decay"}
+                                                        for p in base.search_space)  # a list of points
 
 
 def test_yaml_submission(tmp_path):

@@ -37,3 +37,18 @@ def test_a_seed_without_a_value_means_the_baseline_fails_and_no_worst_target_is_
     with pytest.raises(RuntimeError, match="1 target-setting run"):
         summarise(TINY_PARITY, "base", rows([0.97, None, 0.95]))
     assert summarise(TINY_PARITY, "base", rows([0.97, None, 0.95]), "median")["target"] == 0.96
+
+
+def test_every_small_suite_target_was_set_with_a_point_the_baseline_tries():
+    """Issue 12: targets set outside the baseline's search space (weight decay 1 with betas it cannot search, an
+    lr at the space's edge) were rarely reachable by its own tuning. Each workload's target-setting configuration
+    must be one of the nadamw baseline's points."""
+    from trainlab.bench.submission import parse
+    from trainlab.bench.suite import SUITES, WORKLOADS
+
+    points = parse("nadamw").search_space
+    assert isinstance(points, tuple) and len(points) == 5
+    for name in SUITES["small"]:
+        baseline = WORKLOADS.get(name).factory().baseline
+        assert set(baseline) <= {"lr", "weight_decay"}, name  # nothing the baseline's points cannot set
+        assert {f"optimizer.{k}": v for k, v in baseline.items()} in [dict(p) for p in points], name
