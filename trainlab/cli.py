@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--trial-timeout", type=float, metavar="SECONDS",
                        help="kill a trial running longer than this and record it as failed (default: 4 x its time "
                        "budget + 120 s; not with --workers 0)")
+    bench.add_argument("--clock", choices=["cpu", "wall", "steps"], default="cpu",
+                       help="what a time to target counts: the trials' CPU seconds of training (default; a busy "
+                            "neighbour changes them least), wall seconds of training, or optimizer steps")
     bench.add_argument("--heldout", action="store_true",
                        help="gate each hit by the workload's held-out variant, reached with the hyperparameters chosen "
                             "on the base workload (trainlab's gate, stricter than AlgoPerf v0.5's; default: no "
@@ -671,7 +674,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         raise ConfigError("--submission", "give at least one submission (or drop --no-baseline)")
     result = run_bench(ns.names, ns.submission, baseline=None if ns.no_baseline else ns.baseline,
                        ruleset=ns.ruleset, seeds=ns.seeds or 3, trials=ns.trials, studies=ns.studies or ns.seeds or 3,
-                       workers=ns.workers, threads=ns.threads, backend=ns.backend, heldout=ns.heldout,
+                       workers=ns.workers, threads=ns.threads, backend=ns.backend, heldout=ns.heldout, clock=ns.clock,
                        out=ns.out, resume=ns.resume, progress=not ns.quiet, targets=ns.targets,
                        trial_timeout=ns.trial_timeout)
     print(result.text)

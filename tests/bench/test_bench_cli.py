@@ -36,7 +36,7 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "Leaderboard" in page
     info = json.loads((out / "bench.json").read_text())
-    assert info["baseline"] == "sgdm" and info["targets"]["tiny_parity"]["target"] == 0.95
+    assert info["baseline"] == "sgdm" and info["targets"]["tiny_parity"]["target"] == 0.95 and info["clock"] == "cpu"
 
     (out / "leaderboard.md").unlink()
     assert cli.main(["bench", "report", str(out)]) == 0  # from the records alone

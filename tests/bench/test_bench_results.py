@@ -146,3 +146,29 @@ def test_the_leaderboard_says_what_a_not_distinguishable_run_could_have_detected
     few = standings(records[:2] + records[6:8], ["w1"], ["b", "c"], "b", heldout=False)
     _, rows = _standings_table(few)
     assert "too few repetitions" in rows[[r[1] for r in rows].index("c")][headers.index("verdict")]
+
+
+def test_the_clock_chooses_what_a_time_to_target_counts_and_old_records_refuse_the_cpu_clock():
+    def scored(sub, study, wall, cpu, step):
+        return {**rec(sub, "w", study, 0, wall, step=step), "score": {"time": wall, "cpu_time": cpu, "step": step,
+                                                                      "reached": wall is not None}}
+
+    # b is faster in wall seconds (a neighbour slowed s), s in CPU seconds and in steps
+    records = [scored("b", r, 10.0, 8.0, 100) for r in range(3)] + [scored("s", r, 12.0, 4.0, 50) for r in range(3)]
+    on = {clock: standings(records, ["w"], ["b", "s"], "b", heldout=False, clock=clock) for clock in
+          ("wall", "cpu", "steps")}
+    assert [on[c].cell("s", "w").time for c in on] == [12.0, 4.0, 50.0]
+    assert on["wall"].rows[-1].speedup == pytest.approx(10 / 12) and on["cpu"].rows[0].speedup == 2.0
+    assert on["steps"].rows[0].name == "s" and on["steps"].rows[0].speedup == 2.0
+    old = [{**r, "score": {"time": r["score"]["time"], "step": r["score"]["step"], "reached": True}} for r in records]
+    with pytest.raises(ValueError, match="--clock wall or steps"):
+        standings(old, ["w"], ["b", "s"], "b", heldout=False, clock="cpu")
+    assert standings(old, ["w"], ["b", "s"], "b", heldout=False, clock="wall").cell("s", "w").time == 12.0
+
+
+def test_a_bench_written_before_the_clock_was_recorded_is_scored_on_wall_seconds():
+    from trainlab.bench.report import _meta_text, bench_clock
+
+    assert bench_clock({}) == "wall" and bench_clock({"clock": "cpu"}) == "cpu"
+    info = {"ruleset": "external", "seeds": 3, "studies": 3, "trials": 5, "clock": "cpu"}
+    assert "clock: CPU seconds to target" in _meta_text(info)

@@ -25,6 +25,7 @@ from trainlab.bench.report import BENCH_FILE, leaderboard_table, load, write_rep
 from trainlab.bench.runner import (BenchError, Trial, check_backend, check_trial_timeout, cores, default_workers,
                                    keep_records, run_trials)
 from trainlab.bench.suite import HELDOUT, TARGETS_FILE, BenchWorkload, select, targets_file_data, with_targets
+from trainlab.bench.timing import CLOCKS
 from trainlab.bench.tuning import RULESETS
 from trainlab.config import ConfigError
 from trainlab.rundir.atomic import atomic_write_text
@@ -42,7 +43,7 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
               workers: int | None = None, threads: int | None = None, backend: str = "process",
               heldout: bool = False, out: str | Path | None = None, resume: bool = False,
               progress: bool = True, targets: str | Path | None = None,
-              trial_timeout: float | None = None) -> BenchResult:
+              trial_timeout: float | None = None, clock: str = "cpu") -> BenchResult:
     """Bench ``submissions`` (``--submission`` specs) on the suites/workloads ``names``; see ``trainlab bench -h``.
 
     ``baseline`` is added unless already among them (None: none; speedups are then not computed).
@@ -50,11 +51,14 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
     for a search space under external tuning. ``heldout=True`` adds the held-out gate (off by default, as in AlgoPerf's rules since 2025). ``out`` defaults to
     ``results/SUITE``; an existing bench there is continued only with ``resume=True``. ``targets`` is a targets
     file written by ``set-targets`` to use instead of the packaged ``trainlab/bench/targets.json``.
-    ``trial_timeout`` (seconds) replaces each trial's wall-clock limit (default: 4 x its time budget + 120 s;
+    ``clock`` is what a time to target is counted in (:data:`~trainlab.bench.timing.CLOCKS`: the trials' CPU
+    seconds by default, wall seconds, or steps). ``trial_timeout`` (seconds) replaces each trial's wall-clock limit (default: 4 x its time budget + 120 s;
     see :mod:`trainlab.bench.runner`).
     """
     if ruleset not in RULESETS:
         raise ConfigError("--ruleset", f"expected one of {', '.join(RULESETS)}, got {ruleset!r}")
+    if clock not in CLOCKS:
+        raise ConfigError("--clock", f"expected one of {', '.join(CLOCKS)}, got {clock!r}")
     check_backend(backend)
     workers = default_workers() if workers is None else workers
     check_trial_timeout(trial_timeout, workers, backend)
@@ -87,7 +91,7 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
                               suite=label)
     _validate(phase1, workloads if heldout else [])
     info = _info(label, workloads, subs, base_name, ruleset=ruleset, seeds=seeds, studies=studies, trials=trials,
-                 heldout=heldout, workers=workers, threads=threads,
+                 heldout=heldout, clock=clock, workers=workers, threads=threads,
                  backend=backend, trial_timeout=trial_timeout, targets_path=targets_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / BENCH_FILE, json.dumps(info, indent=1, default=str) + "\n")
@@ -96,7 +100,7 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
                              label="bench", trial_timeout=trial_timeout)
         phase2: list[Trial] = []
         if heldout:
-            phase2 = plan.heldout_trials(workloads, subs, records, ruleset=ruleset, suite=label)
+            phase2 = plan.heldout_trials(workloads, subs, records, ruleset=ruleset, suite=label, clock=clock)
             run_trials(phase2, out_dir, workers=workers, threads=threads, backend=backend, progress=progress,
                        label="held-out gate", trial_timeout=trial_timeout)
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 from trainlab.bench.runner import Trial, trial_id
 from trainlab.bench.submission import Submission, fmt
 from trainlab.bench.suite import HELDOUT, BenchWorkload
+from trainlab.bench.timing import clock_value
 from trainlab.bench.tuning import budget_factor, plan_trials, study_best
 
 TARGET_SEED_OFFSET = 1000  # target-setting runs use seeds 1000, 1001, ...: never the seeds a bench scores
@@ -87,8 +88,9 @@ def interleave(lists: Sequence[Sequence[Trial]]) -> list[Trial]:
 
 
 def heldout_trials(workloads: Sequence[BenchWorkload], subs: Sequence[Submission], records: Iterable[dict],
-                   *, ruleset: str, suite: str) -> list[Trial]:
-    """Phase 2: one held-out trial per (submission, workload, repetition) whose best base trial hit the target."""
+                   *, ruleset: str, suite: str, clock: str = "wall") -> list[Trial]:
+    """Phase 2: one held-out trial per (submission, workload, repetition) whose best base trial (fastest on
+    ``clock``) hit the target."""
     by_key: dict[tuple[str, str, int], list[dict]] = {}
     for row in records:
         if row.get("variant") == "base":
@@ -101,7 +103,7 @@ def heldout_trials(workloads: Sequence[BenchWorkload], subs: Sequence[Submission
             studies = sorted(s for (n, w, s) in by_key if n == sub.name and w == workload.name)
             for study in studies:
                 rows = sorted(by_key[(sub.name, workload.name, study)], key=lambda r: r["trial"])
-                times = [_time(r) for r in rows]
+                times = [_time(r, clock) for r in rows]
                 _, index = study_best(times)
                 if index is None:
                     continue
@@ -112,9 +114,8 @@ def heldout_trials(workloads: Sequence[BenchWorkload], subs: Sequence[Submission
     return interleave(per_sub)
 
 
-def _time(row: dict) -> float:
-    value = row["score"].get("time")
-    return float("inf") if value is None else float(value)
+def _time(row: dict, clock: str = "wall") -> float:
+    return clock_value(row["score"], clock)
 
 
 def baseline_submission(workload: BenchWorkload) -> Submission:

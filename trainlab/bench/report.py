@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from trainlab.bench import scoring
+from trainlab.bench.timing import CLOCK_UNITS
 from trainlab.bench.results import Standings, standings
 from trainlab.bench.runner import load_records
 from trainlab.report.html import _e, _figures, _header, _page, _section
@@ -43,7 +44,12 @@ def load(out_dir: str | Path) -> tuple[dict[str, Any], Standings]:
     info = json.loads((out / BENCH_FILE).read_text())
     subs = [s["name"] for s in info["submissions"]]
     return info, standings(load_records(out), info["workloads"], subs, info.get("baseline"),
-                           heldout=bool(info.get("heldout", True)))
+                           heldout=bool(info.get("heldout", True)), clock=bench_clock(info))
+
+
+def bench_clock(info: dict[str, Any]) -> str:
+    """The clock a bench scores on (bench.json's ``clock``); benches written before it was recorded: wall."""
+    return str(info.get("clock", "wall"))
 
 
 def write_report(out_dir: str | Path) -> list[Path]:
@@ -55,7 +61,7 @@ def write_report(out_dir: str | Path) -> list[Path]:
         raise BenchError(f"{out} holds no bench ({BENCH_FILE} missing)")
     info, st = load(out)
     plots = [plot_profile(st, out / PLOTS / "performance_profile.png"),
-             plot_times(st, out / PLOTS / "time_to_target.png")]
+             plot_times(st, out / PLOTS / "time_to_target.png", bench_clock(info))]
     leaderboard = write_text(out / LEADERBOARD, markdown(info, st))
     sections = [
         ("Leaderboard", table(*_standings_table(st), html=True) + _definitions_html()),
@@ -166,7 +172,14 @@ def _target_text(info: dict[str, Any], workload: str) -> str:
     return f"{workload} ({t['metric']} {op} {t['target']:.4g})"
 
 
+def _on_clock(value: float, clock: str) -> str:
+    if clock == "steps":
+        return "miss" if not math.isfinite(value) else f"{value:g} steps"
+    return _secs(value) + (" CPU" if clock == "cpu" and math.isfinite(value) else "")
+
+
 def _times_table(info: dict[str, Any], st: Standings) -> tuple[list[str], list[list[str]]]:
+    clock = bench_clock(info)
     headers = ["workload (target)", *st.submissions]
     rows = []
     for w in st.workloads:
@@ -177,10 +190,12 @@ def _times_table(info: dict[str, Any], st: Standings) -> tuple[list[str], list[l
                 row.append("not run")
                 continue
             lo, hi = scoring.median_ci(cell.reps)
-            text = _secs(cell.time)
+            text = _on_clock(cell.time, clock)
             if math.isfinite(cell.time):
-                steps = scoring.median([math.inf if s is None else s for s in cell.steps])
-                text += f" [{_secs(lo)}, {_secs(hi)}], {steps:g} steps"
+                text += f" [{_on_clock(lo, clock)}, {_on_clock(hi, clock)}]"
+                if clock != "steps":
+                    steps = scoring.median([math.inf if s is None else s for s in cell.steps])
+                    text += f", {steps:g} steps"
             notes = []
             if cell.misses:
                 notes.append(f"{cell.misses}/{len(cell.reps)} missed")
@@ -215,13 +230,15 @@ def _trials_table(out: Path) -> tuple[list[str], list[list[str]]]:
 # ----------------------------------------------------------------------------------------------- markdown
 
 _DEFINITIONS = (
-    "Time to target: seconds of training (evaluation excluded) at the first evaluation meeting the validation "
-    "target, median over repetitions (seed r for every submission; for a search space, the best trial of study r); "
+    "Time to target: on the bench's clock (its header says which: the trial's CPU seconds of training, the default "
+    "since issue 12, since a busy neighbour changes them least; wall seconds of training; or optimizer steps), "
+    "evaluation excluded, at the first evaluation meeting the validation target, median over repetitions (seed r for every submission; for a search space, the best trial of study r); "
     "a repetition counts as a miss when the held-out variant misses its target. Benchmark score: AlgoPerf's "
     "normalised area under the performance profile from tau = 1 to 4 (1 = fastest everywhere; ratios beyond 4 "
     "and misses count as never). Speedup: geometric mean over the workloads both solve of baseline time / "
     "submission time; CI: paired bootstrap over repetitions. 'Speedup, misses = budget': AlgoPerf's convention, "
-    "the geometric mean over every workload with a miss charged the workload's time budget. p (sign): one-sided "
+    "the geometric mean over every workload with a miss charged the workload's budget (time or step budget on those "
+    "clocks; none on the CPU clock, whose budgets are not CPU seconds). p (sign): one-sided "
     "sign test that the submission reaches the target first, over (workload, repetition) pairs (a hit beats a "
     "miss); p (perm.): sign-flip permutation test of the paired log time ratios. Verdict 'faster' needs p (sign) "
     "< 0.05; 'not distinguishable' names the smallest speedup the run could have detected (power 0.8, one-sided "
@@ -230,8 +247,8 @@ _DEFINITIONS = (
 )
 
 
-_TIMES_NOTE = ("Median [95% bootstrap CI] over repetitions, and the median step (steps do not depend on the "
-               "machine's load; seconds do).")
+_TIMES_NOTE = ("Median [95% bootstrap CI] over repetitions on the bench's clock, and the median step (steps do not "
+               "depend on the machine's load; wall seconds do most, CPU seconds much less).")
 
 
 def markdown(info: dict[str, Any], st: Standings) -> str:
@@ -255,6 +272,7 @@ def _meta_text(info: dict[str, Any]) -> list[str]:
     ruleset = "external tuning" if info["ruleset"] == "external" else "self-tuning (3x budgets)"
     reps = f"repetitions: {info['seeds']} seeds / {info['studies']} studies of {info['trials']} trials"
     return [f"ruleset: {ruleset}", reps, f"held-out gate: {'on' if info.get('heldout', True) else 'off'}",
+            f"clock: {CLOCK_UNITS[bench_clock(info)]} to target",
             f"machine: {info.get('machine', '?')}",
             f"workers: {info.get('workers')} x {info.get('threads') or 'cores // workers'} threads",
             f"date: {info.get('date', '?')}"]
@@ -298,7 +316,7 @@ def plot_profile(st: Standings, file: Path) -> Path:
     return file
 
 
-def plot_times(st: Standings, file: Path) -> Path:
+def plot_times(st: Standings, file: Path, clock: str = "wall") -> Path:
     """Median time to target per workload and submission (log scale), bootstrap CI bars; misses marked."""
     fig, ax = _new_figure()
     n = max(len(st.submissions), 1)
@@ -323,7 +341,7 @@ def plot_times(st: Standings, file: Path) -> Path:
     handles = [Patch(color=RUN_COLORS[i % len(RUN_COLORS)], label=_text(sub)) for i, sub in enumerate(st.submissions)]
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(st.workloads)), [_text(w) for w in st.workloads], rotation=15, fontsize=9)
-    ax.set_ylabel("training seconds to target (x: miss)")
+    ax.set_ylabel(f"training {CLOCK_UNITS[clock]} to target (x: miss)")
     ax.set_title("time to target", loc="left", fontsize=11)
     ax.legend(handles=handles, frameon=False, fontsize=9)
     _save(fig, file)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from trainlab.bench import scoring
+from trainlab.bench.timing import clock_value
 from trainlab.bench.tuning import study_best
 
 
@@ -35,13 +36,12 @@ class Cell:
         return sum(1 for t in self.reps if not math.isfinite(t))
 
 
-def _time(row: dict[str, Any]) -> float:
-    value = row["score"].get("time")
-    return math.inf if value is None else float(value)
+def cells(records: Iterable[dict[str, Any]], *, heldout: bool, clock: str = "wall") -> dict[str, dict[str, Cell]]:
+    """``cells[submission][workload]`` from bench trial records, times on ``clock`` (:func:`clock_value`)."""
 
+    def _time(row: dict[str, Any]) -> float:
+        return clock_value(row["score"], clock)
 
-def cells(records: Iterable[dict[str, Any]], *, heldout: bool) -> dict[str, dict[str, Cell]]:
-    """``cells[submission][workload]`` from bench trial records."""
     base: dict[tuple[str, str, int], list[dict]] = {}
     gate: dict[tuple[str, str, int], dict] = {}
     for row in records:
@@ -89,11 +89,15 @@ class Row:
     detectable: float = math.nan  # the smallest speedup this run could have detected (power 0.8)
 
 
-def time_budgets(records: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """Each workload's time budget (seconds) of its base trials, the cost AlgoPerf charges a miss."""
+def time_budgets(records: Iterable[dict[str, Any]], clock: str = "wall") -> dict[str, float]:
+    """Each workload's budget on ``clock`` for its base trials, the cost AlgoPerf charges a miss: the time budget
+    (wall seconds) or the step budget (steps); none on the CPU clock (the budgets are not CPU seconds)."""
     out: dict[str, float] = {}
+    key = {"wall": "time_budget", "steps": "step_budget"}.get(clock)
+    if key is None:
+        return out
     for row in records:
-        budget = row.get("time_budget")
+        budget = row.get(key)
         if row.get("kind") == "bench" and row.get("variant") == "base" and isinstance(budget, (int, float)):
             out[row["workload"]] = max(out.get(row["workload"], 0.0), float(budget))
     return out
@@ -115,10 +119,10 @@ class Standings:
 
 
 def standings(records: Iterable[dict[str, Any]], workloads: Sequence[str], submissions: Sequence[str],
-              baseline: str | None, *, heldout: bool, alpha: float = scoring.ALPHA) -> Standings:
+              baseline: str | None, *, heldout: bool, alpha: float = scoring.ALPHA, clock: str = "wall") -> Standings:
     records = list(records)
-    table = cells(records, heldout=heldout)
-    budgets = time_budgets(records)
+    table = cells(records, heldout=heldout, clock=clock)
+    budgets = time_budgets(records, clock)
     result = Standings(list(workloads), list(submissions), baseline, table, [])
     times = result.times()
     scores = scoring.benchmark_score(times)

@@ -135,3 +135,25 @@ def score_run(run_dir: str | Path, metric: str, target: float | None, higher_is_
         status=str(summary.get("status", "missing")), train_time=summary.get("train_time"),
         steps=summary.get("steps"), cpu_time=hit.cpu_time, cpu_train_time=summary.get("cpu_time"),
     )
+
+
+CLOCKS = ("cpu", "wall", "steps")
+CLOCK_UNITS = {"cpu": "CPU seconds", "wall": "seconds", "steps": "steps"}
+
+
+def clock_value(score: dict[str, Any], clock: str) -> float:
+    """A trial's time to target on ``clock`` from its record's score: ``cpu`` (the trial's CPU seconds of training:
+    what a busy neighbour changes least, benchmarks/RESULTS.md "Clock stability"), ``wall`` (training seconds) or
+    ``steps`` (optimizer steps; exact, but blind to a step's cost); ``inf`` for a miss. A record that reached the
+    target without a CPU time (written before the CPU clock) cannot be scored on ``cpu``: a ValueError."""
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; allowed: {', '.join(CLOCKS)}")
+    key = {"cpu": "cpu_time", "wall": "time", "steps": "step"}[clock]
+    value = score.get(key)
+    if value is None:
+        if clock == "cpu" and score.get("reached"):
+            raise ValueError("a record that reached its target has no cpu_time (written before the CPU clock); "
+                             "score it with --clock wall or steps")
+        return math.inf
+    return float(value)
+
