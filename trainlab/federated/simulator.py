@@ -131,7 +131,6 @@ class Simulator:
         self._idle = list(range(self.clients))  # sorted; kept with the flights (O(log N) to find, not O(N) a draw)
         self._busy: set[int] = set()
         self._after: list[Callable[[], Any]] = []
-        self.last_loss = math.nan
 
     # --- what strategies use ------------------------------------------------------------------------------------
     @property
@@ -215,10 +214,10 @@ class Simulator:
             n = q.numel()
             q.grad = total[offset:offset + n].view_as(q).to(q.dtype).clone()
             offset += n
-        weights = [w for _, w in weighted]
-        self.last_loss = math.fsum(a.loss * w for a, w in weighted) / math.fsum(weights) if math.fsum(weights) else (
-            math.fsum(a.loss for a, _ in weighted) / len(weighted))
-        return self.last_loss
+        total_weight = math.fsum(w for _, w in weighted)
+        if total_weight > 0:  # the arrivals' local losses, weighted as their deltas were
+            return math.fsum(a.loss * w for a, w in weighted) / total_weight
+        return math.fsum(a.loss for a, _ in weighted) / len(weighted)
 
     def updated(self) -> None:
         """The server update was applied: count it and run the dispatches that wait for the new weights."""
