@@ -187,7 +187,9 @@ add(BenchWorkload(
     overrides=("workload=mnist1d", "model=cnn1d", "model.channels=32", "batch_size=100", "eval_every=100"),
     steps=2000, metric="val_acc", higher_is_better=True,
     heldout=("model.channels=24",), heldout_summary="MNIST-1D, 1-D CNN with 24 channels instead of 32",
-    baseline={"lr": 3e-2, "weight_decay": 0.01},
+    # lr 1e-2, not the sweep's 3e-2: at 3e-2 one of five target-setting seeds (1004) never left chance (val acc
+    # 0.099), which a worst-of-seeds target cannot absorb (issue 12)
+    baseline={"lr": 1e-2, "weight_decay": 0.01},
 ))
 add(BenchWorkload(
     name="modular_grok",
