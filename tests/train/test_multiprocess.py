@@ -91,3 +91,17 @@ def test_sigterm_checkpoints_and_resumes(tmp_path):
     assert summary["status"] == "interrupted"
     manifest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
     assert manifest["step"] == summary["steps"] > 100
+
+
+def test_a_torchrun_worker_leaves_through_os_exit_with_its_output_and_exit_code_intact():
+    """`python -m trainlab` under torchrun (WORLD_SIZE > 1) skips the interpreter's teardown, where gloo's threads
+    aborted 4 of 16 loaded two-process launches (SIGABRT after the run had ended): what it printed must still
+    arrive (stdout to a pipe is block-buffered) and its exit code must be main()'s."""
+    env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}
+    env["WORLD_SIZE"] = "2"  # `list` never joins a process group: only the exit path is exercised
+    listed = subprocess.run([sys.executable, "-m", "trainlab", "list", "workloads"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0 and "mnist1d" in listed.stdout and listed.stdout.endswith("\n")
+    wrong = subprocess.run([sys.executable, "-m", "trainlab", "run", "no_such_key=1"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert wrong.returncode == 2 and "no_such_key" in wrong.stderr

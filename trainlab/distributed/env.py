@@ -78,7 +78,9 @@ class DistEnv:
         A process that tears its gloo group down while a peer still uses its connections (rank 0 writing the
         summary and report while the others are done) aborted at exit in about 1 of 12 two-process launches
         ("terminate called without an active exception", SIGABRT), turning a finished run into a failed launch.
-        After a failure the peers may be gone, so nobody is waited for then.
+        After a failure the peers may be gone, so nobody is waited for then. The barrier did not end it: gloo's
+        threads could still abort at interpreter exit under load (4 of 16 launches beside two busy loops), so a
+        torchrun worker also leaves through ``os._exit`` (``trainlab/__main__.py``; 0 of 36 since).
         """
         if self.distributed and dist.is_initialized():
             if together:
