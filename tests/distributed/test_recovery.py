@@ -43,7 +43,7 @@ def _worker_of_rank(agent_pid, rank):
 @pytest.mark.slow
 def test_killed_worker_restarts_from_the_last_checkpoint(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=3",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
            "--monitor-interval=0.1", "-m", "trainlab", "run", *ARGS, "--out", str(out), "--auto-resume", "--quiet",
            "--no-report"]
     agent = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
