@@ -41,6 +41,12 @@ def test_run_help_names_every_top_level_key():
     top = out.split("top level:", 1)[1].split("sections", 1)[0]
     missing = [key for key in TRAIN_KEYS if not re.search(rf"(?<![\w.]){key}(?![\w.])", top)]
     assert not missing, missing
+    from trainlab.distributed.strategy import STRATEGIES
+    from trainlab.train.config import SECTIONS
+
+    sections = out.split("sections", 1)[1]
+    assert [s for s in SECTIONS if f"{s}.KEY" not in sections] == []  # every section, fed and dist included
+    assert [n for n in STRATEGIES.names() if n not in sections] == []  # and every dist.strategy
 
 
 def test_list_sections_shows_every_key_of_every_section():

@@ -41,7 +41,8 @@ keys: workload, model, optimizer, schedule name a component (its defaults apply)
       init_from (start from a run's weights), threads (0 = auto);
       sections loss.KEY, param.KEY, probes.KEY, data.KEY (data diets: data=0.5 data.scores=CSV), continual.KEY,
       prune.KEY (prune=magnitude|neurons), batch.KEY (batch.lr_rule=linear|sqrt, batch.steps_rule=epochs),
-      dist.KEY (dist=ddp|zero1|fsdp|diloco|streaming_diloco).
+      dist.KEY (dist=ddp|zero1|fsdp|diloco|streaming_diloco|gradient_coding|gossip),
+      fed.KEY (fed=fedavg|async_fedavg|fedbuff|fedfix|fedcompass: federated clients on a simulated clock).
       `trainlab list workloads --options` shows every component's options and defaults.
 """
 
