@@ -168,6 +168,25 @@ def standard_columns() -> list[Column]:
     ]
 
 
+def paired_table(pairs: Sequence[tuple[str, str]], runs_of: Callable[[str], Sequence[tuple[int, Run]]],
+                 seeds: Sequence[int], labels: dict[str, str],
+                 metrics: Sequence[Callable[[Run], float]]) -> str:
+    """Arm minus baseline per seed both trained with (same run seed), for each metric: the median [min, max]
+    difference and in how many seeds it was positive; one row per (arm, baseline) pair."""
+    rows = []
+    for a, b in pairs:
+        ra, rb = dict(runs_of(a)), dict(runs_of(b))
+        common_seeds = [s for s in seeds if s in ra and s in rb]
+        if not common_seeds:
+            continue
+        cells = []
+        for f in metrics:
+            d = [f(ra[s]) - f(rb[s]) for s in common_seeds]
+            cells += [median_range(d, "+.4f"), f"{sum(x > 0 for x in d)}/{len(d)}"]
+        rows.append([f"{labels[a]} − {labels[b]}", *cells])
+    return table(["comparison", "final Δ", "seeds Δ > 0", "best Δ", "seeds Δ > 0"], rows)
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
-from common import (REPO, Arm, Run, fmt, has_summary, median_range, run_dir, shell_command, table,  # noqa: E402
+from common import (REPO, Arm, Run, fmt, has_summary, median_range, paired_table, run_dir, shell_command, table,  # noqa: E402
                     train)
 from trainlab.train.diet import choose, mean_scores, read_scores  # noqa: E402
 from trainlab.workloads.mnist1d import Mnist1dOptions, load_arrays  # noqa: E402
@@ -226,18 +226,8 @@ def results_markdown() -> str:
     out += ["## Stage 2: over seeds (median [min, max]; val acc on all 1000 validation examples)", ""]
     out += [table(["arm", "seeds", *(h for h, _, _ in COLUMNS)], rows), ""]
     out += ["## Paired comparisons (same run seed; arm − baseline, in val acc)", ""]
-    prow = []
-    for a, b in PAIRS:
-        ra, rb = dict(runs_of(a)), dict(runs_of(b))
-        common_seeds = [s for s in SEEDS if s in ra and s in rb]
-        if not common_seeds:
-            continue
-        cells = []
-        for f in (final_val, best_val):
-            d = [f(ra[s]) - f(rb[s]) for s in common_seeds]
-            cells += [median_range(d, "+.4f"), f"{sum(x > 0 for x in d)}/{len(d)}"]
-        prow.append([f"{SPECS[a][0]} − {SPECS[b][0]}", *cells])
-    out += [table(["comparison", "final Δ", "seeds Δ > 0", "best Δ", "seeds Δ > 0"], prow), ""]
+    out += [paired_table(PAIRS, runs_of, SEEDS, {name: spec[0] for name, spec in SPECS.items()},
+                         (final_val, best_val)), ""]
     out += [score_section()]
     out += ["## Stage 2: per run", ""]
     out += [table(["arm", "seed", "status", "steps", "examples", *(h for h, _, _ in COLUMNS)], per_run), ""]

@@ -20,8 +20,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import (Arm, Run, fmt, has_summary, median_range, run_dir, shell_command, table,  # noqa: E402
-                    train)
+from common import (Arm, Run, fmt, has_summary, median_range, paired_table, run_dir, shell_command,  # noqa: E402
+                    table, train)
 
 SEEDS = [0, 1, 2]  # initialisation and batch order (`seed`); the data stay MNIST-1D's published ones (seed 42)
 SEED_KEYS = ("seed",)
@@ -212,18 +212,8 @@ def results_markdown() -> str:
     out += ["## Over seeds (median [min, max]; accuracies on all 4000 training / 1000 validation examples)", ""]
     out += [table(["arm", "seeds", "steps", "epochs", *HEADERS], rows), ""]
     out += ["## Paired comparisons (same run seed; arm − baseline, in val acc)", ""]
-    prow = []
-    for a, b in PAIRS:
-        ra, rb = dict(runs_of(a)), dict(runs_of(b))
-        common_seeds = [s for s in SEEDS if s in ra and s in rb]
-        if not common_seeds:
-            continue
-        cells = []
-        for f in (final_val, best_val):
-            d = [f(ra[s]) - f(rb[s]) for s in common_seeds]
-            cells += [median_range(d, "+.4f"), f"{sum(x > 0 for x in d)}/{len(d)}"]
-        prow.append([f"{SPECS[a][0]} − {SPECS[b][0]}", *cells])
-    out += [table(["comparison", "final Δ", "seeds Δ > 0", "best Δ", "seeds Δ > 0"], prow), ""]
+    out += [paired_table(PAIRS, runs_of, SEEDS, {name: spec[0] for name, spec in SPECS.items()},
+                         (final_val, best_val)), ""]
     out += verdict_lines()
     out += ["## Per run", ""]
     out += [table(["arm", "seed", "status", "steps", "epochs", *HEADERS], per_run), ""]
