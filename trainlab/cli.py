@@ -301,9 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--trial-timeout", type=float, metavar="SECONDS",
                        help="kill a trial running longer than this and record it as failed (default: 4 x its time "
                        "budget + 120 s; not with --workers 0)")
-    bench.add_argument("--clock", choices=["cpu", "wall", "steps"], default="cpu",
-                       help="what a time to target counts: the trials' CPU seconds of training (default; a busy "
-                            "neighbour changes them least), wall seconds of training, or optimizer steps")
+    bench.add_argument("--clock", choices=["cost", "cpu", "wall", "steps"],
+                       help="what a time to target counts: cost (default): steps to target, each charged the "
+                            "submission's seconds per step, measured side by side with the others in one process "
+                            "after the trials, so the machine's load cancels; cpu: the trials' CPU seconds of "
+                            "training; wall: wall seconds of training; steps: optimizer steps. `bench report DIR "
+                            "--clock C` rescores a bench on another clock")
     bench.add_argument("--heldout", action="store_true",
                        help="gate each hit by the workload's held-out variant, reached with the hyperparameters chosen "
                             "on the base workload (trainlab's gate, stricter than AlgoPerf v0.5's; default: no "
@@ -643,6 +646,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         raise ConfigError("--targets", f"`bench {action}` reads no targets (set-targets writes --targets-file)")
     if action in ("set-targets", "report") and ns.trial_timeout is not None:
         raise ConfigError("--trial-timeout", f"`bench {action}` takes no trial timeout (only a bench's trials have one)")
+    if action == "set-targets" and ns.clock:
+        raise ConfigError("--clock", "`bench set-targets` sets targets, not times to target; a bench has a clock")
     if action != "set-targets" and ns.targets_file:
         raise ConfigError("--targets-file", "only `bench set-targets` writes targets; a bench reads --targets")
     if action != "set-targets" and ns.target_quantile != "worst":
@@ -652,7 +657,13 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
         if len(ns.names) != 2 or not Path(ns.names[1]).is_dir():
             raise ConfigError("bench report", "expected one results directory: trainlab bench report DIR")
-        paths = write_report(Path(ns.names[1]))
+        if ns.clock == "cost":
+            from trainlab.bench.runner import load_records
+            from trainlab.bench.stepcost import ensure_costs
+
+            ensure_costs(ns.names[1], load_records(ns.names[1]), progress=not ns.quiet,
+                         log=lambda text: print(f"trainlab: {text}", file=sys.stderr))
+        paths = write_report(Path(ns.names[1]), ns.clock)
         print("trainlab: " + ", ".join(str(p) for p in paths))
         return 0
     if action == "set-targets":
@@ -675,7 +686,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         raise ConfigError("--submission", "give at least one submission (or drop --no-baseline)")
     result = run_bench(ns.names, ns.submission, baseline=None if ns.no_baseline else ns.baseline,
                        ruleset=ns.ruleset, seeds=ns.seeds or 3, trials=ns.trials, studies=ns.studies or ns.seeds or 3,
-                       workers=ns.workers, threads=ns.threads, backend=ns.backend, heldout=ns.heldout, clock=ns.clock,
+                       workers=ns.workers, threads=ns.threads, backend=ns.backend, heldout=ns.heldout,
+                       clock=ns.clock or "cost",
                        out=ns.out, resume=ns.resume, progress=not ns.quiet, targets=ns.targets,
                        trial_timeout=ns.trial_timeout)
     print(result.text)

@@ -36,11 +36,24 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "Leaderboard" in page
     info = json.loads((out / "bench.json").read_text())
-    assert info["baseline"] == "sgdm" and info["targets"]["tiny_parity"]["target"] == 0.95 and info["clock"] == "cpu"
+    assert info["baseline"] == "sgdm" and info["targets"]["tiny_parity"]["target"] == 0.95 and info["clock"] == "cost"
+    costs = json.loads((out / "step_costs.json").read_text())  # the default clock's step costs, side by side
+    assert {w: sorted(per) for w, per in costs["workloads"].items()} == {
+        "tiny_parity": ["adamw", "sgdm"], "tiny_teacher": ["adamw", "sgdm"]}
+    assert "## Step costs" in board and "clock: step-cost seconds to target" in board
 
     (out / "leaderboard.md").unlink()
-    assert cli.main(["bench", "report", str(out)]) == 0  # from the records alone
+    assert cli.main(["bench", "report", str(out)]) == 0  # from the records and step costs alone
     assert (out / "leaderboard.md").read_text() == board
+    assert cli.main(["bench", "report", str(out), "--clock", "steps"]) == 0  # rescored on another clock
+    rescored = (out / "leaderboard.md").read_text()
+    assert "clock: steps to target" in rescored and "## Step costs" not in rescored
+    assert json.loads((out / "bench.json").read_text())["clock"] == "cost"  # the bench's own clock stays
+    (out / "step_costs.json").unlink()
+    assert cli.main(["bench", "report", str(out)]) == 2  # the cost clock without its costs: one line
+    assert "has no step costs" in capsys.readouterr().err
+    assert cli.main(["bench", "report", str(out), "--clock", "cost", "--quiet"]) == 0  # measures them again
+    assert (out / "step_costs.json").is_file()
     assert cli.main(["bench", "tiny", *SUBS, "--seeds", "1", "--out", str(out), "--quiet"]) == 2  # would mix benches
     assert "already holds a bench" in capsys.readouterr().err
     # resuming a finished bench runs nothing (no trial is rerun, no worker starts)
@@ -57,6 +70,7 @@ def test_tiny_bench_end_to_end(tmp_path, capsys):
     (["bench", "tiny", "--submission", "no_such_optimizer"], "unknown optimizer"),
     (["bench", "report", "/nonexistent/dir"], "expected one results directory"),
     (["bench", "set-targets", "--submission", "adamw"], "takes no submissions"),
+    (["bench", "set-targets", "--clock", "wall"], "sets targets, not times to target"),
     (["bench", "tiny", "--seeds", "0"], "--seeds"),
     (["bench", "tiny", "--submission", "adamw", "--targets", "/no/such/targets.json"], "is not a file"),
     (["bench", "set-targets", "--targets", "t.json"], "reads no targets"),

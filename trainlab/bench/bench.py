@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from trainlab.bench import plan, submission
+from trainlab.bench import plan, stepcost, submission
 from trainlab.bench.report import BENCH_FILE, leaderboard_table, load, write_report
 from trainlab.bench.runner import (BenchError, Trial, check_backend, check_trial_timeout, cores, default_workers,
-                                   keep_records, run_trials)
+                                   keep_records, load_records, run_trials)
 from trainlab.bench.suite import HELDOUT, TARGETS_FILE, BenchWorkload, select, targets_file_data, with_targets
 from trainlab.bench.timing import CLOCKS
 from trainlab.bench.tuning import RULESETS
@@ -43,7 +43,7 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
               workers: int | None = None, threads: int | None = None, backend: str = "process",
               heldout: bool = False, out: str | Path | None = None, resume: bool = False,
               progress: bool = True, targets: str | Path | None = None,
-              trial_timeout: float | None = None, clock: str = "cpu") -> BenchResult:
+              trial_timeout: float | None = None, clock: str = "cost") -> BenchResult:
     """Bench ``submissions`` (``--submission`` specs) on the suites/workloads ``names``; see ``trainlab bench -h``.
 
     ``baseline`` is added unless already among them (None: none; speedups are then not computed).
@@ -51,8 +51,9 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
     for a search space under external tuning. ``heldout=True`` adds the held-out gate (off by default, as in AlgoPerf's rules since 2025). ``out`` defaults to
     ``results/SUITE``; an existing bench there is continued only with ``resume=True``. ``targets`` is a targets
     file written by ``set-targets`` to use instead of the packaged ``trainlab/bench/targets.json``.
-    ``clock`` is what a time to target is counted in (:data:`~trainlab.bench.timing.CLOCKS`: the trials' CPU
-    seconds by default, wall seconds, or steps). ``trial_timeout`` (seconds) replaces each trial's wall-clock limit (default: 4 x its time budget + 120 s;
+    ``clock`` is what a time to target is counted in (:data:`~trainlab.bench.timing.CLOCKS`: by default steps
+    charged each submission's step cost measured side by side after the trials, :mod:`trainlab.bench.stepcost`;
+    the trials' CPU seconds, wall seconds, or steps). ``trial_timeout`` (seconds) replaces each trial's wall-clock limit (default: 4 x its time budget + 120 s;
     see :mod:`trainlab.bench.runner`).
     """
     if ruleset not in RULESETS:
@@ -100,7 +101,10 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
                              label="bench", trial_timeout=trial_timeout)
         phase2: list[Trial] = []
         if heldout:
-            phase2 = plan.heldout_trials(workloads, subs, records, ruleset=ruleset, suite=label, clock=clock)
+            # The step costs are measured after every trial; within one submission and workload every step costs
+            # the same on the cost clock, so a study's best trial on it is its best in steps.
+            phase2 = plan.heldout_trials(workloads, subs, records, ruleset=ruleset, suite=label,
+                                         clock="steps" if clock == "cost" else clock)
             run_trials(phase2, out_dir, workers=workers, threads=threads, backend=backend, progress=progress,
                        label="held-out gate", trial_timeout=trial_timeout)
     except KeyboardInterrupt:
@@ -108,6 +112,9 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
               "--resume", file=sys.stderr)
         raise
     keep_records(out_dir, [t.id for t in [*phase1, *phase2]])
+    if clock == "cost":
+        stepcost.ensure_costs(out_dir, load_records(out_dir), threads=1, in_process=workers == 0, progress=progress,
+                              log=(lambda text: print(f"trainlab: {text}", file=sys.stderr)) if progress else None)
     files = write_report(out_dir)
     _, st = load(out_dir)
     text = leaderboard_table(st) + f"\n\ntrainlab: bench results in {out_dir} (" + ", ".join(

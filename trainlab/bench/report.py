@@ -24,10 +24,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainlab.bench import scoring
+from trainlab.bench import scoring, stepcost
 from trainlab.bench.timing import CLOCK_UNITS
 from trainlab.bench.results import Standings, standings
 from trainlab.bench.runner import load_records
+from trainlab.errors import BenchError
 from trainlab.report.html import _e, _figures, _header, _page, _section
 from trainlab.report.output import write_text
 from trainlab.report.plots import RUN_COLORS, _new_figure, _save, _text
@@ -39,12 +40,33 @@ REPORT = "report.html"
 PLOTS = "plots"
 
 
-def load(out_dir: str | Path) -> tuple[dict[str, Any], Standings]:
+def load(out_dir: str | Path, clock: str | None = None) -> tuple[dict[str, Any], Standings]:
+    """The bench in ``out_dir`` scored on its own clock, or on ``clock`` (its records hold every clock's times;
+    the cost clock also needs ``step_costs.json``: :func:`trainlab.bench.stepcost.ensure_costs` measures them)."""
     out = Path(out_dir)
     info = json.loads((out / BENCH_FILE).read_text())
+    if clock is not None:
+        info = {**info, "clock": clock}
     subs = [s["name"] for s in info["submissions"]]
-    return info, standings(load_records(out), info["workloads"], subs, info.get("baseline"),
+    records = load_records(out)
+    if bench_clock(info) == "cost":
+        records = _with_costs(out, info, records)
+    return info, standings(records, info["workloads"], subs, info.get("baseline"),
                            heldout=bool(info.get("heldout", True)), clock=bench_clock(info))
+
+
+def cost_reference(info: dict[str, Any]) -> str:
+    """The submission whose step sets the cost clock's unit: the baseline, else the first submission."""
+    return str(info.get("baseline") or info["submissions"][0]["name"])
+
+
+def _with_costs(out: Path, info: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    data = stepcost.load_costs(out)
+    if data is None or stepcost.missing(data["workloads"], stepcost.jobs_from_records(records)):
+        raise BenchError(f"{out} has no step costs for every submission and workload; `trainlab bench report {out} "
+                         "--clock cost` measures them")
+    reference = cost_reference(info)
+    return stepcost.with_cost_time(records, stepcost.cost_seconds(data["workloads"], reference), reference)
 
 
 def bench_clock(info: dict[str, Any]) -> str:
@@ -52,20 +74,21 @@ def bench_clock(info: dict[str, Any]) -> str:
     return str(info.get("clock", "wall"))
 
 
-def write_report(out_dir: str | Path) -> list[Path]:
-    """Write leaderboard.md, the plots and report.html into ``out_dir``; returns their paths."""
+def write_report(out_dir: str | Path, clock: str | None = None) -> list[Path]:
+    """Write leaderboard.md, the plots and report.html into ``out_dir``, scored on the bench's clock or on
+    ``clock``; returns their paths."""
     out = Path(out_dir)
     if not (out / BENCH_FILE).is_file():
-        from trainlab.bench.runner import BenchError
-
         raise BenchError(f"{out} holds no bench ({BENCH_FILE} missing)")
-    info, st = load(out)
+    info, st = load(out, clock)
+    costs = stepcost.load_costs(out) if bench_clock(info) == "cost" else None
     plots = [plot_profile(st, out / PLOTS / "performance_profile.png"),
              plot_times(st, out / PLOTS / "time_to_target.png", bench_clock(info))]
-    leaderboard = write_text(out / LEADERBOARD, markdown(info, st))
+    leaderboard = write_text(out / LEADERBOARD, markdown(info, st, costs))
     sections = [
         ("Leaderboard", table(*_standings_table(st), html=True) + _definitions_html()),
         ("Time to target", table(*_times_table(info, st), html=True)),
+        *([("Step costs", table(*_costs_table(info, costs), html=True))] if costs else []),
         ("Plots", _figures(plots, "")),
         ("Submissions", table(*_submissions_table(info), html=True)),
         ("Trials", f"<details><summary>{len(load_records(out))} trial records (results.jsonl)</summary>"
@@ -178,6 +201,28 @@ def _on_clock(value: float, clock: str) -> str:
     return _secs(value) + (" CPU" if clock == "cpu" and math.isfinite(value) else "")
 
 
+def _costs_table(info: dict[str, Any], costs: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per workload and submission: the measured seconds per step and the cost relative to the reference's step
+    (median over rounds of the paired ratio, with the range of the middle half of the rounds)."""
+    reference = cost_reference(info)
+    headers = ["workload", *[s["name"] for s in info["submissions"]]]
+    rows = []
+    for w in info["workloads"]:
+        per = costs["workloads"].get(w, {})
+        ref = per.get(reference, {}).get("blocks")
+        row = [w]
+        for s in headers[1:]:
+            entry = per.get(s)
+            if entry is None or ref is None:
+                row.append("—")
+                continue
+            ratios = np.array([b / r for b, r in zip(entry["blocks"], ref)])
+            q1, q2, q3 = np.quantile(ratios, [0.25, 0.5, 0.75])
+            row.append(f"{entry['seconds_per_step'] * 1e3:.3g} ms, {q2:.2f}x [{q1:.2f}, {q3:.2f}]")
+        rows.append(row)
+    return headers, rows
+
+
 def _times_table(info: dict[str, Any], st: Standings) -> tuple[list[str], list[list[str]]]:
     clock = bench_clock(info)
     headers = ["workload (target)", *st.submissions]
@@ -230,17 +275,21 @@ def _trials_table(out: Path) -> tuple[list[str], list[list[str]]]:
 # ----------------------------------------------------------------------------------------------- markdown
 
 _DEFINITIONS = (
-    "Time to target: on the bench's clock (its header says which: the trial's CPU seconds of training, the default "
-    "since issue 12, since a busy neighbour changes them least; wall seconds of training; or optimizer steps), "
+    "Time to target: on the bench's clock (its header says which: step-cost seconds, the default, are the steps to "
+    "target charged the submission's seconds per step measured side by side with the others in one process, so "
+    "that the machine's load cancels (section 'Step costs'); the trial's CPU seconds of training; wall seconds of "
+    "training; or optimizer steps), "
     "evaluation excluded, at the first evaluation meeting the validation target, median over repetitions (seed r for every submission; for a search space, the best trial of study r); "
     "a repetition counts as a miss when the held-out variant misses its target. Benchmark score: AlgoPerf's "
     "normalised area under the performance profile from tau = 1 to 4 (1 = fastest everywhere; ratios beyond 4 "
     "and misses count as never). Speedup: geometric mean over the workloads both solve of baseline time / "
     "submission time; CI: paired bootstrap over repetitions. 'Speedup, misses = budget': AlgoPerf's convention, "
     "the geometric mean over every workload with a miss charged the workload's budget (time or step budget on those "
-    "clocks; none on the CPU clock, whose budgets are not CPU seconds). p (sign): one-sided "
+    "clocks, the step budget at the baseline's step cost on the cost clock; none on the CPU clock, whose budgets are "
+    "not CPU seconds). p (sign): one-sided "
     "sign test that the submission reaches the target first, over (workload, repetition) pairs (a hit beats a "
-    "miss); p (perm.): sign-flip permutation test of the paired log time ratios. Verdict 'faster' needs p (sign) "
+    "miss; on the cost clock, times within 5% of each other are ties: its step-cost ratio is one measurement shared "
+    "by all the repetitions of a workload); p (perm.): sign-flip permutation test of the paired log time ratios. Verdict 'faster' needs p (sign) "
     "< 0.05; 'not distinguishable' names the smallest speedup the run could have detected (power 0.8, one-sided "
     "0.05, from the spread of the paired log ratios), or says that too few repetitions were run for the sign test "
     "to reach 0.05 at all (fewer than 5 pairs)."
@@ -251,12 +300,21 @@ _TIMES_NOTE = ("Median [95% bootstrap CI] over repetitions on the bench's clock,
                "depend on the machine's load; wall seconds do most, CPU seconds much less).")
 
 
-def markdown(info: dict[str, Any], st: Standings) -> str:
+_COSTS_NOTE = ("Seconds per training step of each submission's first trial configuration, measured side by side in one "
+               "process ({rounds} rounds of one timed block each, rotating order; trainlab.bench.stepcost), and the "
+               "cost relative to {reference}'s step: median over rounds of the paired ratio [middle half of the "
+               "rounds]. The cost clock charges each step to target the relative cost times {reference}'s median "
+               "seconds per step.")
+
+
+def markdown(info: dict[str, Any], st: Standings, costs: dict[str, Any] | None = None) -> str:
     parts = [f"# trainlab bench: {md(info['suite'])}", "", " · ".join(md(m) for m in _meta_text(info)), "",
              f"Command: {md_code(info.get('command', ''))}", "",
              table(*_standings_table(st)), "", _DEFINITIONS, "",
              "## Time to target", "", _TIMES_NOTE, "",
              table(*_times_table(info, st)), "",
+             *(["## Step costs", "", _COSTS_NOTE.format(rounds=costs.get("rounds"), reference=cost_reference(info)),
+                "", table(*_costs_table(info, costs)), ""] if costs else []),
              "## Submissions", "", table(*_submissions_table(info)), "",
              "## Plots", "", "![performance profile](plots/performance_profile.png)", "",
              "![time to target](plots/time_to_target.png)", ""]

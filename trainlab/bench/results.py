@@ -91,9 +91,11 @@ class Row:
 
 def time_budgets(records: Iterable[dict[str, Any]], clock: str = "wall") -> dict[str, float]:
     """Each workload's budget on ``clock`` for its base trials, the cost AlgoPerf charges a miss: the time budget
-    (wall seconds) or the step budget (steps); none on the CPU clock (the budgets are not CPU seconds)."""
+    (wall seconds), the step budget (steps), or the step budget at the reference's step cost (``cost_budget``,
+    put in the records by :func:`trainlab.bench.stepcost.with_cost_time`); none on the CPU clock (the budgets are
+    not CPU seconds)."""
     out: dict[str, float] = {}
-    key = {"wall": "time_budget", "steps": "step_budget"}.get(clock)
+    key = {"wall": "time_budget", "steps": "step_budget", "cost": "cost_budget"}.get(clock)
     if key is None:
         return out
     for row in records:
@@ -126,6 +128,7 @@ def standings(records: Iterable[dict[str, Any]], workloads: Sequence[str], submi
     result = Standings(list(workloads), list(submissions), baseline, table, [])
     times = result.times()
     scores = scoring.benchmark_score(times)
+    tie = scoring.TIE_TOLERANCE.get(clock, 0.0)
     rows = []
     for sub in submissions:
         solved = sum(1 for w in workloads if math.isfinite(times[sub][w]))
@@ -139,11 +142,11 @@ def standings(records: Iterable[dict[str, Any]], workloads: Sequence[str], submi
             sub_reps = {w: result.cell(sub, w).reps for w in workloads}
             speedup, used = scoring.geomean_speedup(times[baseline], times[sub])
             ci = scoring.bootstrap_speedup_ci(base_reps, sub_reps)
-            wins, losses, p_sign = scoring.sign_test(base_reps, sub_reps)
+            wins, losses, p_sign = scoring.sign_test(base_reps, sub_reps, tie=tie)
             p_perm, perm_pairs = scoring.permutation_test(base_reps, sub_reps)
             speedup_algoperf = scoring.algoperf_speedup(times[baseline], times[sub], budgets)
-            detectable = scoring.detectable_speedup(base_reps, sub_reps, alpha=alpha)
-            _, _, p_slower = scoring.sign_test(sub_reps, base_reps)
+            detectable = max(scoring.detectable_speedup(base_reps, sub_reps, alpha=alpha), 1.0 + tie)
+            _, _, p_slower = scoring.sign_test(sub_reps, base_reps, tie=tie)
             if p_sign < alpha and wins > losses:
                 verdict = "faster"
             elif p_slower < alpha and losses > wins:

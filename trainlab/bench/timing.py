@@ -137,23 +137,27 @@ def score_run(run_dir: str | Path, metric: str, target: float | None, higher_is_
     )
 
 
-CLOCKS = ("cpu", "wall", "steps")
-CLOCK_UNITS = {"cpu": "CPU seconds", "wall": "seconds", "steps": "steps"}
+CLOCKS = ("cost", "cpu", "wall", "steps")
+CLOCK_UNITS = {"cost": "step-cost seconds", "cpu": "CPU seconds", "wall": "seconds", "steps": "steps"}
 
 
 def clock_value(score: dict[str, Any], clock: str) -> float:
-    """A trial's time to target on ``clock`` from its record's score: ``cpu`` (the trial's CPU seconds of training:
-    what a busy neighbour changes least, benchmarks/RESULTS.md "Clock stability"), ``wall`` (training seconds) or
+    """A trial's time to target on ``clock`` from its record's score: ``cost`` (steps to target times the
+    submission's seconds per step, measured side by side: :mod:`trainlab.bench.stepcost`, which puts
+    ``cost_time`` in the score), ``cpu`` (the trial's CPU seconds of training), ``wall`` (training seconds) or
     ``steps`` (optimizer steps; exact, but blind to a step's cost); ``inf`` for a miss. A record that reached the
-    target without a CPU time (written before the CPU clock) cannot be scored on ``cpu``: a ValueError."""
+    target without a time on ``clock`` (a CPU time written before the CPU clock; no step cost) is a ValueError."""
     if clock not in CLOCKS:
         raise ValueError(f"unknown clock {clock!r}; allowed: {', '.join(CLOCKS)}")
-    key = {"cpu": "cpu_time", "wall": "time", "steps": "step"}[clock]
+    key = {"cost": "cost_time", "cpu": "cpu_time", "wall": "time", "steps": "step"}[clock]
     value = score.get(key)
     if value is None:
         if clock == "cpu" and score.get("reached"):
             raise ValueError("a record that reached its target has no cpu_time (written before the CPU clock); "
                              "score it with --clock wall or steps")
+        if clock == "cost" and score.get("reached"):
+            raise ValueError("a record that reached its target has no step cost (trainlab.bench.stepcost measures "
+                             "them); score it with another --clock")
         return math.inf
     return float(value)
 
