@@ -288,7 +288,7 @@ _DEFINITIONS = (
     "clocks, the step budget at the baseline's step cost on the cost clock; none on the CPU clock, whose budgets are "
     "not CPU seconds). p (sign): one-sided "
     "sign test that the submission reaches the target first, over (workload, repetition) pairs (a hit beats a "
-    "miss; on the cost clock, times within 5% of each other are ties: its step-cost ratio is one measurement shared "
+    "miss; on the cost clock, times within 10% of each other are ties: its step-cost ratio is one measurement shared "
     "by all the repetitions of a workload); p (perm.): sign-flip permutation test of the paired log time ratios. Verdict 'faster' needs p (sign) "
     "< 0.05; 'not distinguishable' names the smallest speedup the run could have detected (power 0.8, one-sided "
     "0.05, from the spread of the paired log ratios), or says that too few repetitions were run for the sign test "

@@ -36,9 +36,10 @@ R_MAX = 4.0
 ALPHA = 0.05
 # A clock's resolution for the verdict: times within a factor 1 + tie are a tie in the sign test. The cost clock
 # charges every repetition of a workload the same measured step-cost ratio, so its measurement error is shared by
-# all the pairs (not independent, as the sign test assumes): identical configurations measured side by side came
-# out 0.97-1.03 of each other under load (benchmarks/RESULTS.md), so differences under 5% are not called.
-TIE_TOLERANCE = {"cost": 0.05}
+# all the pairs (not independent, as the sign test assumes): one configuration measured side by side with itself
+# under load came out 0.92-1.06 of itself (30 workload measurements, benchmarks/RESULTS.md), so differences
+# under 10% are not called.
+TIE_TOLERANCE = {"cost": 0.10}
 
 Times = Mapping[str, Mapping[str, float]]
 Reps = Mapping[str, Mapping[str, Sequence[float]]]

@@ -46,8 +46,8 @@ from trainlab.errors import BenchError, one_line
 from trainlab.rundir.atomic import atomic_write_text
 
 COST_FILE = "step_costs.json"
-ROUNDS = 15  # timed blocks per submission and workload
-BLOCK_SECONDS = 0.05  # the length of one timed block (about); short, so a burst of load spoils few blocks
+ROUNDS = 21  # timed blocks per submission and workload
+BLOCK_SECONDS = 0.2  # the length of one timed block (about): blocks of 0.05 s varied +-15% under load
 WARMUP_STEPS = 5  # untimed steps first (allocator, first-call dispatch, lazy optimizer state)
 MAX_BLOCK_STEPS = 500
 
