@@ -93,6 +93,7 @@ class Strategy:
     lockstep_forward = False  # the model's forward is a collective (fsdp): equal call counts on every process
     per_rank_state = False  # checkpoint every rank's model/optimizer (processes hold different weights)
     consolidated_state = False  # model/optimizer state is gathered from shards to rank 0 (a collective)
+    swaps_parameters = False  # the modules' parameter objects change during a step: walk them, never keep a list
 
     def __init__(self, options: Any, env: DistEnv) -> None:
         self.options, self.env = options, env
@@ -399,6 +400,7 @@ class FSDPStrategy(Strategy):
     name = "fsdp"
     lockstep_forward = True
     consolidated_state = True
+    swaps_parameters = True  # FSDP2 registers the unsharded tensors around forward/backward, the DTensors after
 
     def prepare(self, model: nn.Module) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh

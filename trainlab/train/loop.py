@@ -36,7 +36,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeGuard
+from typing import Any, Callable, Iterable, Iterator, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -243,9 +243,9 @@ def train_step(t: Training, s: TrainState) -> Tensor:
         t.pruner.mask_grads_()
     grad_norm = None
     if t.cfg.train.grad_clip is not None:
-        grad_norm = s.grad_norm = _local(torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.train.grad_clip))
+        grad_norm = s.grad_norm = _local(torch.nn.utils.clip_grad_norm_(t.parameters(), t.cfg.train.grad_clip))
     elif t.cfg.train.trace:
-        grad_norm = global_grad_norm(t.model)
+        grad_norm = global_grad_norm(t.parameters())
     t.optimizer.step()
     t.strategy.after_step(step + 1)
     t.strategy.meter.end_step()
@@ -272,9 +272,9 @@ def server_step(t: Training, s: TrainState) -> Tensor:
     loss = torch.tensor(t.federation.gradient_(t.model))
     grad_norm = None
     if t.cfg.train.grad_clip is not None:
-        grad_norm = s.grad_norm = torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.train.grad_clip)
+        grad_norm = s.grad_norm = torch.nn.utils.clip_grad_norm_(t.parameters(), t.cfg.train.grad_clip)
     elif t.cfg.train.trace:
-        grad_norm = global_grad_norm(t.model)
+        grad_norm = global_grad_norm(t.parameters())
     t.optimizer.step()
     t.federation.updated()  # the clients waiting for the new weights get them now
     t.hooks.observe(loss)
@@ -298,13 +298,30 @@ def batch_loss(t: Training, losses: Tensor, step: int, local_examples: int) -> T
     if t.strategy.local_loss:
         return losses.sum() / max(losses.numel(), 1)
     per_example = losses.numel() // max(local_examples, 1)
-    global_count = len(t.sampler.global_indices(step)) * per_example
+    global_count = global_examples(t, step, local_examples) * per_example
     return losses.sum() * (t.env.world_size / global_count)
 
 
-def global_grad_norm(model: nn.Module) -> Tensor:
-    """The 2-norm of all gradients together (what clip_grad_norm_ measures), as a device scalar."""
-    grads = [q.grad for q in model.parameters() if q.grad is not None]
+def global_examples(t: Training, step: int, local_examples: int) -> int:
+    """How many examples the global batch of step ``step`` has, this process's share being ``local_examples``.
+
+    A sampler of one share hands this process the whole global batch, so the count is the local one; asking the
+    sampler again would draw the batch a second time (a slice, or a ``randperm`` for a curriculum or a replay
+    method's memory rows) for the same number.
+    """
+    return local_examples if t.sampler.world_size == 1 else len(t.sampler.global_indices(step))
+
+
+def global_grad_norm(params: Iterable[Tensor] | nn.Module) -> Tensor:
+    """The 2-norm of all gradients together (what clip_grad_norm_ measures), as a device scalar.
+
+    ``params``: the parameters, in ``model.parameters()`` order (the step passes :meth:`Training.parameters`, a
+    list kept at build time), or a module, whose parameters are walked (as benchmarks/trainer_overhead.py's
+    anatomy passes it).
+    """
+    if isinstance(params, nn.Module):
+        params = params.parameters()
+    grads = [q.grad for q in params if q.grad is not None]
     if not grads:
         return torch.zeros(())
     return _local(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()))

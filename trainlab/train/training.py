@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -69,10 +69,22 @@ class Training:
     pruner: Pruner | None = None  # the prune section's masks and schedule (None: no pruning)
     batch_lr_factor: float = 1.0  # batch.lr_rule's multiplier, already in base_lrs (trainlab.train.batch_rules)
     federation: Simulator | None = None  # fed.*: the clients on a simulated clock; each step is a server update
+    param_list: tuple[Tensor, ...] | None = None  # model.parameters(), listed once (None: walked at each use)
 
     @property
     def steps(self) -> int:
         return self.cfg.train.steps  # type: ignore[return-value]  # resolved from the workload when unset
+
+    def parameters(self) -> Iterable[Tensor]:
+        """The model's parameters, in ``model.parameters()`` order, for the per-step gradient norm and clipping.
+
+        The list kept at build time (:attr:`param_list`), because walking the module tree every step costs about
+        10 µs, a tenth of a percent of a small CNN's step. The walk happens again where the strategy swaps
+        parameter objects in and out of the modules (FSDP2: ``Strategy.swaps_parameters``). Nothing else replaces
+        a parameter after :func:`build_training`: loading a checkpoint, pruning, rewinding, continual methods and
+        federated updates all write into the existing tensors.
+        """
+        return self.param_list if self.param_list is not None else self.model.parameters()
 
     def lrs_at(self, step: int) -> list[float]:
         """Each parameter group's lr for step ``step`` (0-based): base lr x schedule(step)."""
@@ -211,6 +223,7 @@ def build_training(cfg: RunConfig, env: DistEnv, *, resuming: bool = False) -> T
             schedule=schedules.build(cfg.schedule.name, t.steps, **cfg.schedule.kwargs()),
             continual=continual, eval_steps=continual.eval_steps if continual is not None else frozenset(),
             diet=diet, pruner=pruner, federation=federation,
+            param_list=None if strategy.swaps_parameters else tuple(model.parameters()),
         )
     except BaseException:
         strategy.finish()  # a one-process group made for this run goes with it
