@@ -344,8 +344,8 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
        backward and ``losses.detach().mean()``, against ``cross_entropy(logits.reshape(-1, V), y.reshape(-1))``
        and its backward, on the same detached logits (a leaf requiring grad), so the model is not in it;
     2. step bookkeeping: ``Training.set_lrs`` (schedule call, per-group lrs, per-group writes),
-       ``sampler.indices`` and the second ``sampler.global_indices`` call, against the plain loop's ``divmod``
-       and permutation slice;
+       ``sampler.indices`` and ``train.loop.global_examples`` (a second draw only with several shares), against
+       the plain loop's ``divmod`` and permutation slice;
     3. the loop around the step: ``train_loop`` itself with ``train_step`` replaced by a no-op that only counts
        the step (``s.step += 1``), read from trainlab's own clock (``TrainState.train_time``), against an
        empty ``for`` loop;
@@ -395,8 +395,7 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
     def book_trainlab() -> None:
         step = next(counter) % per_epoch  # stays inside the cached epoch: no randperm on either side
         t.set_lrs(step)
-        t.sampler.indices(step)
-        len(t.sampler.global_indices(step))
+        loop_mod.global_examples(t, step, len(t.sampler.indices(step)))
         t.cfg.train.grad_clip is not None  # noqa: B015
 
     def book_plain() -> None:
@@ -412,7 +411,7 @@ def anatomy(cfg: RunConfig, plain: Plain, plain_step_ms: float, root: Path) -> s
         zero = torch.zeros(())
 
         def trace_trainlab() -> None:
-            st.trace.append((0, t.logged_lr(0), zero, loop_mod.global_grad_norm(t.model)))
+            st.trace.append((0, t.logged_lr(0), zero, loop_mod.global_grad_norm(t.parameters())))
             if len(st.trace) > 1000:
                 st.trace.clear()
 
@@ -498,7 +497,7 @@ def ablation(cfg: RunConfig, plain: Plain, steps: int, rounds: int) -> str:
                 if book:
                     p.set_lrs(step)
                     idx = p.sampler.indices(step)
-                    len(p.sampler.global_indices(step))
+                    loop_mod.global_examples(p, step, len(idx))
                 else:
                     epoch, pos = divmod(step, per_epoch)
                     if pos == 0:
@@ -513,7 +512,7 @@ def ablation(cfg: RunConfig, plain: Plain, steps: int, rounds: int) -> str:
                 else:
                     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
                     loss.backward()
-                norm = loop_mod.global_grad_norm(model) if trace else None
+                norm = loop_mod.global_grad_norm(p.parameters()) if trace else None
                 opt.step()
                 if loss_tl:
                     loss = losses.detach().mean()
