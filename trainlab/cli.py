@@ -661,7 +661,12 @@ def cmd_bench(ns: argparse.Namespace) -> int:
             from trainlab.bench.runner import load_records
             from trainlab.bench.stepcost import ensure_costs
 
-            ensure_costs(ns.names[1], load_records(ns.names[1]), progress=not ns.quiet,
+            import json
+
+            bench_file = Path(ns.names[1]) / "bench.json"
+            info = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
+            ensure_costs(ns.names[1], load_records(ns.names[1]), threads=ns.threads or info.get("threads") or 1,
+                         progress=not ns.quiet,
                          log=lambda text: print(f"trainlab: {text}", file=sys.stderr))
         paths = write_report(Path(ns.names[1]), ns.clock)
         print("trainlab: " + ", ".join(str(p) for p in paths))

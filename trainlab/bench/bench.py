@@ -113,7 +113,9 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
         raise
     keep_records(out_dir, [t.id for t in [*phase1, *phase2]])
     if clock == "cost":
-        stepcost.ensure_costs(out_dir, load_records(out_dir), threads=1, in_process=workers == 0, progress=progress,
+        # timed with the trials' thread count: how a step's cost scales with threads differs between submissions
+        stepcost.ensure_costs(out_dir, load_records(out_dir), threads=threads or max(1, cores() // max(workers, 1)),
+                              in_process=workers == 0, progress=progress,
                               log=(lambda text: print(f"trainlab: {text}", file=sys.stderr)) if progress else None)
     files = write_report(out_dir)
     _, st = load(out_dir)

@@ -90,17 +90,28 @@ def measure(jobs: Sequence[CostJob], *, rounds: int = ROUNDS, block_seconds: flo
             progress: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
     """Time every job's training step, interleaved per workload; ``{workload: {submission: entry}}`` with
     ``entry = {"seconds_per_step", "blocks" (seconds per step of each round's block), "steps_per_block",
-    "overrides"}``. Runs in one fresh ``spawn`` process (a submission's module state stays out of the bench's
-    process; a Python-file submission is imported there only), or in this one with ``in_process=True``."""
+    "overrides"}``. Runs in one fresh process like a trial's (:func:`trainlab.bench.runner.call_in_process`:
+    a submission's module state stays out of the bench's process; a Python-file submission is imported there
+    only), with ``threads`` torch threads (the trials'), or in this one with ``in_process=True``."""
     if rounds < 1 or block_seconds <= 0 or warmup < 1:
         raise ValueError("rounds and warmup must be >= 1 and block_seconds > 0")
+    args = (list(jobs), rounds, block_seconds, warmup, threads, progress)
     if in_process:
-        return _measure(list(jobs), rounds, block_seconds, warmup, threads, progress)
-    import concurrent.futures
-    import multiprocessing
+        return _measure(*args)
+    from trainlab.bench.runner import call_in_process
 
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_measure, list(jobs), rounds, block_seconds, warmup, threads, progress).result()
+    outcome = call_in_process(_measure_child, args, threads=threads)  # the trials' kind of process
+    if "error" in outcome:
+        raise BenchError(outcome["error"] if outcome["error"].startswith("step costs:")
+                         else f"step costs: the measuring process failed ({outcome['error']})")
+    return outcome["workloads"]
+
+
+def _measure_child(*args: Any) -> dict[str, Any]:
+    try:
+        return {"workloads": _measure(*args)}
+    except BenchError as err:
+        return {"error": str(err)}
 
 
 def _measure(jobs: list[CostJob], rounds: int, block_seconds: float, warmup: int, threads: int,
