@@ -25,6 +25,12 @@ WEIGHT_DECAYS = [0.0, 0.1, 1.0, 3.0]
 SEEDS = [0, 1]
 ARMS = [Arm(f"wd{wd:g}_xi{XI:g}", "corrupt.yaml", [f"optimizer.weight_decay={wd:g}", f"workload.corrupt_frac={XI:g}"],
             label=f"wd {wd:g}, ξ = {XI:g}") for wd in WEIGHT_DECAYS]
+# Round 2 (issue 17, fixed before it ran): the only arm that began to turn (wd 3) and the next larger weight decay,
+# for 4x the budget (12000 steps), seed 0 only: `--arms wd3_xi0.2_12k wd5_xi0.2_12k --seeds 0`.
+LONG_STEPS = 12000
+ARMS += [Arm(f"wd{wd:g}_xi{XI:g}_12k", "corrupt.yaml", [f"optimizer.weight_decay={wd:g}", f"workload.corrupt_frac={XI:g}",
+                                                      f"steps={LONG_STEPS}"],
+             label=f"R2: wd {wd:g}, ξ = {XI:g}, {LONG_STEPS} steps") for wd in (3.0, 5.0)]
 
 
 def corrupted_eval(run: Run) -> dict:
