@@ -170,40 +170,41 @@ class _Stepper:
         self.training = build_training(self.cfg, DistEnv())
         self.state = TrainState.fresh(self.training)
 
-    def _steps(self, n: int) -> None:
+    @property
+    def budget(self) -> int:
+        return int(self.cfg.train.steps)  # type: ignore[arg-type]
+
+    def _ready(self, n: int) -> None:
+        """Make room for ``n`` more steps within the trial's step budget: past it, rebuild from step 0 and take
+        one step (untimed, as the warm-up's first steps are)."""
+        if self.state.step + n > self.budget:
+            self._build()
+            self._run(1)
+
+    def _run(self, n: int) -> float:
+        """Take ``n`` steps; returns the process CPU seconds they took."""
         from trainlab.train.loop import train_step
 
-        if self.state.step + n > int(self.cfg.train.steps):  # type: ignore[arg-type]
-            self._build()
         loss = None
+        start = time.process_time()
         for _ in range(n):
             loss = train_step(self.training, self.state)
         if loss is not None:
             loss.item()  # waits for the device (a no-op wait on the CPU)
+        return time.process_time() - start
 
     def size_block(self, warmup: int, block_seconds: float) -> None:
-        """Warm up, then choose the block's step count so that a block takes about ``block_seconds``."""
-        self._steps(warmup)
-        start = time.process_time()
-        self._steps(warmup)
-        per_step = (time.process_time() - start) / warmup
-        steps = int(self.cfg.train.steps)  # type: ignore[arg-type]
-        self.block = max(1, min(MAX_BLOCK_STEPS, steps, round(block_seconds / max(per_step, 1e-9))))
+        """Warm up, then choose the block's step count so that a block takes about ``block_seconds`` (and fits
+        the step budget beside the rebuilt training's first step)."""
+        self._ready(2 * warmup)
+        self._run(warmup)
+        per_step = self._run(warmup) / warmup
+        self.block = max(1, min(MAX_BLOCK_STEPS, self.budget - 1, round(block_seconds / max(per_step, 1e-9))))
 
     def time_block(self) -> float:
         """Seconds per step over one block."""
-        from trainlab.train.loop import train_step
-
-        if self.state.step + self.block > int(self.cfg.train.steps):  # type: ignore[arg-type]
-            self._build()
-            self._steps(1)  # the rebuilt training's first step is untimed, as the warm-up's was
-        loss = None
-        start = time.process_time()
-        for _ in range(self.block):
-            loss = train_step(self.training, self.state)
-        if loss is not None:
-            loss.item()
-        return (time.process_time() - start) / self.block
+        self._ready(self.block)
+        return self._run(self.block) / self.block
 
 
 # ---------------------------------------------------------------------------------------------------------
