@@ -270,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="rank training algorithms by time to a validation target",
                            epilog=BENCH_EXAMPLES, formatter_class=fmt,
                            description="Run submissions on a suite of workloads with validation targets (AlgoPerf "
-                           "rules: training time only, held-out variants as a gate, performance profiles, speedup "
-                           "over the NAdamW baseline with a confidence interval and a p-value) and write "
+                           "rules: training time only, here on the cost clock by default; performance profiles; "
+                           "speedup over the NAdamW baseline with a confidence interval, a sign test and the smallest "
+                           "detectable speedup; held-out variants as a gate with --heldout) and write "
                            "results.jsonl, leaderboard.md, plots and report.html. Also: `bench set-targets`, "
                            "`bench report DIR`, and the studies `bench sensitivity` and `bench transfer` (each has --help).")
     bench.add_argument("names", nargs="*", metavar="SUITE|WORKLOAD",
