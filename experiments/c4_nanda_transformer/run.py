@@ -17,6 +17,13 @@ SEEDS = [0]
 ARMS = [
     Arm("wd1", "nanda.yaml", ["optimizer.weight_decay=1.0"], label="AdamW wd 1"),
     Arm("wd0", "nanda.yaml", ["optimizer.weight_decay=0.0"], label="AdamW wd 0"),
+    # Round 2 (issue 17): the paper's initialisation (param.init=nanda: N(0, 1/d_model), unembedding N(0, 1/113)),
+    # 12000 full-batch steps (past the paper's grokking at ~10k), evaluation every 200 and probes every 1000 steps
+    # to keep the run's cost in the steps; 2 torch threads.
+    Arm("wd1_nanda_init_12k", "nanda.yaml", ["optimizer.weight_decay=1.0", "param.init=nanda", "steps=12000",
+                                             "eval_every=200", "probes.every=1000", "checkpoint_every=2000",
+                                             "threads=2"],
+        label="R2: AdamW wd 1, the paper's init, 12000 steps"),
 ]
 COLUMNS = [
     Column("memorized step", lambda r: r.event("memorized"), ".0f"),

@@ -189,3 +189,23 @@ def test_inits_by_name():
     torch.testing.assert_close(var, torch.ones_like(var), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="allowed: default, orthogonal, spectral, data_dependent"):
         apply_init(model, "xavier")
+
+
+def test_nanda_init_draws_the_papers_scales_on_the_transformer():
+    """Nanda et al.'s code: every weight randn/sqrt(d_model), the unembedding randn/sqrt(d_vocab), biases 0."""
+    from trainlab.models.init import nanda_init_
+
+    spec = DataSpec(input_kind="tokens", input_shape=(3,), n_outputs=113, task="classification", vocab_size=114)
+    torch.manual_seed(0)
+    model = build("transformer", spec, n_layer=1, n_head=4, d_model=128, d_mlp=512, layernorm=False)
+    nanda_init_(model)
+    stds = {name: p.std().item() for name, p in model.named_parameters() if p.dim() >= 2}
+    assert set(stds) >= {"tok_emb.weight", "pos_emb.weight", "head.weight"} and len(stds) >= 7
+    for name, std in stds.items():
+        expected = 1 / math.sqrt(113) if name == "head.weight" else 1 / math.sqrt(128)
+        # a sample std of >= 384 draws (pos_emb: 3 x 128) is within 10% of sigma with overwhelming probability
+        assert std == pytest.approx(expected, rel=0.1), name
+    assert all(torch.count_nonzero(p) == 0 for n, p in model.named_parameters() if n.endswith("bias"))
+    with pytest.raises(ValueError, match="needs model=transformer"):
+        nanda_init_(nn.Sequential(nn.Linear(3, 4)))
+    assert "nanda" in INITS.names()

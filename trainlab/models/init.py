@@ -8,6 +8,8 @@
 - :func:`data_dependent_init_` -- Luther & Seung (2019), "Variance-Preserving Initialization Schemes Improve
   Deep Network Training: But Which Variance is Preserved?": rescale and shift layer by layer so that every
   unit's pre-activation has *sample* mean 0 and *sample* variance 1 on a given batch.
+- :func:`nanda_init_` -- Nanda et al. (2023): their grokking transformer's ``N(0, 1/d_model)`` weights and
+  ``N(0, 1/n_outputs)`` unembedding, for trainlab's transformer.
 - :func:`ibp_init_` -- Shi et al. (2021), "Fast Certified Robust Training with Short Warmup": every Linear and
   Conv weight but the output layer's drawn from ``N(0, (√(2π)/fan_in)²)``, so interval bounds neither grow nor
   shrink through depth at initialisation.
@@ -268,6 +270,34 @@ def ibp_init_(module: nn.Module) -> nn.Module:
     return module
 
 
+@torch.no_grad()
+def nanda_init_(module: nn.Module) -> nn.Module:
+    """Nanda et al. (2023, "Progress measures for grokking via mechanistic interpretability")'s initialisation of
+    their 1-layer transformer, on trainlab's transformer: every weight matrix -- token and position embeddings,
+    the attention's Q/K/V and output projections, both MLP matrices -- ``N(0, 1/d_model)``, the unembedding
+    ``N(0, 1/n_outputs)``, biases 0 (their code: ``randn(...)/sqrt(d_model)``, and ``/sqrt(d_vocab)`` for the
+    unembedding).
+
+    Deviations: their unembedding's ``d_vocab`` counts the ``=`` token (p + 1 = 114 for p = 113), trainlab's
+    head has the ``p`` classes only (113): a 0.4% larger standard deviation. A head tied to the token embedding
+    is drawn once, as the embedding (``N(0, 1/d_model)``). LayerNorm gains and biases, if the model has them,
+    are left at 1 and 0. Needs a model with ``tok_emb`` (an ``nn.Embedding``) and ``head`` (an ``nn.Linear``),
+    as ``trainlab.models.transformer.Transformer``; a ValueError otherwise. Draws from the global RNG.
+    """
+    tok_emb, head = getattr(module, "tok_emb", None), getattr(module, "head", None)
+    if not isinstance(tok_emb, nn.Embedding) or not isinstance(head, nn.Linear):
+        raise ValueError("param.init=nanda is the initialisation of Nanda et al.'s transformer; it needs "
+                         "model=transformer")
+    d_model = tok_emb.embedding_dim
+    for owner, _, p in _own_matrices(module):
+        std = 1 / math.sqrt(head.out_features) if owner is head else 1 / math.sqrt(d_model)
+        nn.init.normal_(p, mean=0.0, std=std)
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear) and sub.bias is not None:
+            nn.init.zeros_(sub.bias)
+    return module
+
+
 def default_init_(module: nn.Module) -> nn.Module:
     """Leave the model's own initialisation as it is (PyTorch's defaults; GPT-2's for the transformer)."""
     return module
@@ -282,6 +312,8 @@ INITS.add("spectral", spectral_init_, summary="semi-orthogonal, spectral norm �
 INITS.add("data_dependent", data_dependent_init_, needs_inputs=True,
           summary="per-unit pre-activation sample mean 0, sample variance 1 on a batch (needs inputs=)",
           paper="Luther & Seung 2019, Variance-Preserving Initialization Schemes ... Which Variance is Preserved?")
+INITS.add("nanda", nanda_init_, summary="transformer: weights N(0, 1/d_model), unembedding N(0, 1/n_outputs), biases 0",
+          paper="Nanda et al. 2023, Progress measures for grokking via mechanistic interpretability")
 INITS.add("ibp", ibp_init_, summary="weights N(0, (sqrt(2 pi)/fan_in)^2) but the output layer's: bounded IBP boxes",
           paper="Shi et al. 2021, Fast Certified Robust Training with Short Warmup")
 

@@ -168,10 +168,11 @@ METHOD_OPTION_OWNERS: dict[str, tuple[str, tuple[str, ...]]] = {
 class ParamOptions:
     """Initialisation and parametrisation, applied after the model is built and before the optimizer sees it."""
 
-    init: Literal["default", "orthogonal", "spectral", "data_dependent", "ibp"] = option(
+    init: Literal["default", "orthogonal", "spectral", "data_dependent", "ibp", "nanda"] = option(
         "default", help="default: the model's own; data_dependent: unit sample variance of every pre-activation "
                         "on a training batch (Luther & Seung 2019); ibp: N(0, (sqrt(2 pi)/fan_in)^2) weights but the "
-                        "output layer's, for interval-bound training (Shi et al. 2021)")
+                        "output layer's, for interval-bound training (Shi et al. 2021); nanda: the transformer's "
+                        "weights N(0, 1/d_model), unembedding N(0, 1/n_outputs) (Nanda et al. 2023)")
     sigma_reparam: bool = option(False, help="replace every Linear by a sigmaReparam layer (Zhai et al. 2023)")
     mup_base_width: int = option(0, ge=0, help="muP (Yang & Hu): per-layer lr multipliers and output init "
                                                "relative to this base width (0: off)")
