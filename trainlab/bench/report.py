@@ -204,20 +204,17 @@ def _on_clock(value: float, clock: str) -> str:
 def _costs_table(info: dict[str, Any], costs: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Per workload and submission: the measured seconds per step and the cost relative to the reference's step
     (median over rounds of the paired ratio, with the range of the middle half of the rounds)."""
-    reference = cost_reference(info)
+    ratios = stepcost.paired_ratios(costs["workloads"], cost_reference(info))
     headers = ["workload", *[s["name"] for s in info["submissions"]]]
     rows = []
     for w in info["workloads"]:
-        per = costs["workloads"].get(w, {})
-        ref = per.get(reference, {}).get("blocks")
         row = [w]
         for s in headers[1:]:
-            entry = per.get(s)
-            if entry is None or ref is None:
+            entry, paired = costs["workloads"].get(w, {}).get(s), ratios.get(w, {}).get(s)
+            if entry is None or paired is None:
                 row.append("—")
                 continue
-            ratios = np.array([b / r for b, r in zip(entry["blocks"], ref)])
-            q1, q2, q3 = np.quantile(ratios, [0.25, 0.5, 0.75])
+            q1, q2, q3 = np.quantile(paired, [0.25, 0.5, 0.75])
             row.append(f"{entry['seconds_per_step'] * 1e3:.3g} ms, {q2:.2f}x [{q1:.2f}, {q3:.2f}]")
         rows.append(row)
     return headers, rows

@@ -211,16 +211,21 @@ class _Stepper:
 # From measurements to the clock
 
 
-def relative(costs: Mapping[str, Mapping[str, Mapping[str, Any]]], reference: str) -> dict[str, dict[str, float]]:
-    """``{workload: {submission: c[s, w] / c[ref, w]}}``: the median over rounds of the per-step time of ``s``'s
-    block over the reference's block of the same round. A workload without the reference gives none."""
-    out: dict[str, dict[str, float]] = {}
+def paired_ratios(costs: Mapping[str, Mapping[str, Mapping[str, Any]]], reference: str
+                  ) -> dict[str, dict[str, list[float]]]:
+    """``{workload: {submission: [per round: s's seconds per step / the reference's, same round]}}``; a workload
+    without the reference gives none."""
+    out: dict[str, dict[str, list[float]]] = {}
     for workload, per in costs.items():
-        if reference not in per:
-            continue
-        ref = per[reference]["blocks"]
-        out[workload] = {s: statistics.median(b / r for b, r in zip(e["blocks"], ref)) for s, e in per.items()}
+        if reference in per:
+            ref = per[reference]["blocks"]
+            out[workload] = {s: [b / r for b, r in zip(e["blocks"], ref)] for s, e in per.items()}
     return out
+
+
+def relative(costs: Mapping[str, Mapping[str, Mapping[str, Any]]], reference: str) -> dict[str, dict[str, float]]:
+    """``{workload: {submission: c[s, w] / c[ref, w]}}``: the median over rounds of :func:`paired_ratios`."""
+    return {w: {s: statistics.median(r) for s, r in per.items()} for w, per in paired_ratios(costs, reference).items()}
 
 
 def cost_seconds(costs: Mapping[str, Mapping[str, Mapping[str, Any]]], reference: str) -> dict[str, dict[str, float]]:
