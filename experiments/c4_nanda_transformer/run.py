@@ -24,6 +24,12 @@ ARMS = [
                                              "eval_every=200", "probes.every=1000", "checkpoint_every=2000",
                                              "threads=2"],
         label="R2: AdamW wd 1, the paper's init, 12000 steps"),
+    # Its control, declared after the wd-1 run had generalised (val acc >= 0.99 by step ~6400) and was stopped at
+    # step 6682 to make room: wd 0, the same init, 7000 steps (the wd-1 run's grokking time plus ~10%).
+    Arm("wd0_nanda_init_7k", "nanda.yaml", ["optimizer.weight_decay=0.0", "param.init=nanda", "steps=7000",
+                                            "eval_every=200", "probes.every=1000", "checkpoint_every=2000",
+                                            "threads=2"],
+        label="R2: AdamW wd 0, the paper's init, 7000 steps"),
 ]
 COLUMNS = [
     Column("memorized step", lambda r: r.event("memorized"), ".0f"),
