@@ -658,17 +658,16 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
         if len(ns.names) != 2 or not Path(ns.names[1]).is_dir():
             raise ConfigError("bench report", "expected one results directory: trainlab bench report DIR")
-        if ns.clock == "cost":
+        if ns.clock == "cost":  # measured here if missing, with the bench's trial thread count
+            import json
+
             from trainlab.bench.runner import load_records
             from trainlab.bench.stepcost import ensure_costs
-
-            import json
 
             bench_file = Path(ns.names[1]) / "bench.json"
             info = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
             ensure_costs(ns.names[1], load_records(ns.names[1]), threads=ns.threads or info.get("threads") or 1,
-                         progress=not ns.quiet,
-                         log=lambda text: print(f"trainlab: {text}", file=sys.stderr))
+                         progress=not ns.quiet)
         paths = write_report(Path(ns.names[1]), ns.clock)
         print("trainlab: " + ", ".join(str(p) for p in paths))
         return 0

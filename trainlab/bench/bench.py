@@ -115,8 +115,7 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
     if clock == "cost":
         # timed with the trials' thread count: how a step's cost scales with threads differs between submissions
         stepcost.ensure_costs(out_dir, load_records(out_dir), threads=threads or max(1, cores() // max(workers, 1)),
-                              in_process=workers == 0, progress=progress,
-                              log=(lambda text: print(f"trainlab: {text}", file=sys.stderr)) if progress else None)
+                              in_process=workers == 0, progress=progress)
     files = write_report(out_dir)
     _, st = load(out_dir)
     text = leaderboard_table(st) + f"\n\ntrainlab: bench results in {out_dir} (" + ", ".join(

@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from trainlab.errors import BenchError, one_line
 from trainlab.rundir.atomic import atomic_write_text
@@ -281,7 +281,7 @@ def load_costs(out_dir: str | Path) -> dict[str, Any] | None:
 
 def ensure_costs(out_dir: str | Path, records: Sequence[Mapping[str, Any]], *, threads: int = 1,
                  rounds: int = ROUNDS, block_seconds: float = BLOCK_SECONDS, in_process: bool = False,
-                 progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 progress: bool = True) -> dict[str, Any]:
     """The step costs of ``out_dir``'s bench: read from ``step_costs.json`` when it holds every (submission,
     workload) of ``records`` with the same configuration, else all measured again side by side (a partial
     re-measurement would not be side by side) and written."""
@@ -289,10 +289,10 @@ def ensure_costs(out_dir: str | Path, records: Sequence[Mapping[str, Any]], *, t
     data = load_costs(out_dir)
     if data is not None and not missing(data["workloads"], jobs):
         return data
-    if log is not None:
-        log(f"measuring the step costs of {len({j.submission for j in jobs})} submissions on "
+    if progress:
+        print(f"trainlab: measuring the step costs of {len({j.submission for j in jobs})} submissions on "
             f"{len({j.workload for j in jobs})} workloads side by side ({rounds} rounds; about "
-            f"{len(jobs) * (rounds * block_seconds + 1.5):.0f} s)")
+            f"{len(jobs) * (rounds * block_seconds + 1.5):.0f} s)", file=sys.stderr)
     workloads = measure(jobs, rounds=rounds, block_seconds=block_seconds, threads=threads, in_process=in_process,
                         progress=progress)
     data = {"procedure": "seconds per training step (trainlab.train.loop.train_step), each submission's first "
@@ -303,10 +303,3 @@ def ensure_costs(out_dir: str | Path, records: Sequence[Mapping[str, Any]], *, t
             "date": datetime.datetime.now().isoformat(timespec="seconds"), "workloads": workloads}
     atomic_write_text(Path(out_dir) / COST_FILE, json.dumps(data, indent=1) + "\n")
     return data
-
-
-def cost_clock_records(out_dir: str | Path, records: Sequence[Mapping[str, Any]], reference: str,
-                       **measure_options: Any) -> list[dict[str, Any]]:
-    """``records`` with ``score["cost_time"]`` from ``out_dir``'s step costs (measured first if needed)."""
-    data = ensure_costs(out_dir, records, **measure_options)
-    return with_cost_time(records, cost_seconds(data["workloads"], reference), reference)

@@ -316,8 +316,8 @@ def global_grad_norm(params: Iterable[Tensor] | nn.Module) -> Tensor:
     """The 2-norm of all gradients together (what clip_grad_norm_ measures), as a device scalar.
 
     ``params``: the parameters, in ``model.parameters()`` order (the step passes :meth:`Training.parameters`, a
-    list kept at build time), or a module, whose parameters are walked (as benchmarks/trainer_overhead.py's
-    anatomy passes it).
+    list kept at build time), or a module, whose parameters are walked (the reference the kept list is tested
+    against).
     """
     if isinstance(params, nn.Module):
         params = params.parameters()
