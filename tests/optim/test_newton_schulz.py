@@ -8,6 +8,7 @@ import torch
 
 from trainlab.optim.newton_schulz import (
     COEFFICIENTS,
+    Workspace,
     orthogonalize,
     orthogonalize_exact,
     schedule,
@@ -125,3 +126,18 @@ def test_polar_express_uses_its_own_normalisation():
     torch.testing.assert_close(scaled, G / (G.norm() * 1.02 + 1e-6))
     plain = orthogonalize(G, [(1.0, 0.0, 0.0)], 1, torch.float64)
     torch.testing.assert_close(plain, G / (G.norm() + 1e-7))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 24, 40), (3, 40, 24), (24, 40), (40, 24)])
+def test_a_workspace_gives_the_same_bits_and_keeps_its_buffers(shape, dtype):
+    G = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    ws = Workspace()
+    for name in ("quintic", "polar_express"):
+        fresh = orthogonalize(G, name, 5, dtype)
+        first = orthogonalize(G.clone(), name, 5, dtype, workspace=ws).clone()
+        held = ws.nbytes
+        again = orthogonalize(G.clone(), name, 5, dtype, workspace=ws)
+        assert torch.equal(first, fresh) and torch.equal(again, fresh)
+        assert ws.nbytes == held > 0  # the second call reused the first one's buffers
+

@@ -73,7 +73,7 @@ from torch import Tensor, nn
 
 from trainlab.config import ConfigError, option
 from trainlab.optim.hardware import cpu_has_fast_bf16, ns_dtype_for
-from trainlab.optim.newton_schulz import orthogonalize
+from trainlab.optim.newton_schulz import Workspace, orthogonalize
 from trainlab.optim.param_split import split
 from trainlab.optim.registry import OPTIMIZERS
 from trainlab.optim.shell import evaluate_closure, hyperparameter
@@ -116,6 +116,19 @@ def muon_momentum(grad: Tensor, buf: Tensor, beta: float, nesterov: bool) -> Ten
     """EMA momentum in place (``buf ← lerp(buf, grad, 1-β)``); returns the direction to orthogonalise."""
     buf.lerp_(grad, 1 - beta)
     return grad.lerp(buf, beta) if nesterov else buf
+
+
+def write_direction(out: Tensor, grad: Tensor, buf: Tensor, beta: float, nesterov: bool,
+                    scratch: Tensor | None = None) -> None:
+    """Write the direction :func:`muon_momentum` returns (after its buffer update) into ``out``, a matrix view
+    in the iteration's dtype: directly where the dtypes agree, else through ``scratch`` (a reusable tensor shaped
+    like ``out`` in ``grad``'s dtype; None: a fresh one). The same values as ``out.copy_(direction)``."""
+    if not nesterov:
+        out.copy_(buf.reshape(out.shape))
+    elif out.dtype == grad.dtype:
+        torch.lerp(grad.reshape(out.shape), buf.reshape(out.shape), beta, out=out)
+    else:
+        out.copy_(torch.lerp(grad.reshape(out.shape), buf.reshape(out.shape), beta, out=scratch))
 
 
 def muon_update(
@@ -196,6 +209,7 @@ class Muon(torch.optim.Optimizer):
                                               "weight_decay": adam_weight_decay}
         super().__init__(params, {})
         self.defaults = dict(self.muon_defaults)
+        self._ns_workspace = Workspace()  # Newton–Schulz buffers reused between steps (CPU; not checkpointed)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group = dict(param_group)
@@ -238,24 +252,42 @@ class Muon(torch.optim.Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("muon: sparse gradients are not supported")
         grads = [p.grad for p in params]
-        bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
-        beta = group["momentum"]
+        bufs = [self._momentum_buffer(p) for p in params]
+        beta, nesterov = group["momentum"], group["nesterov"]
         torch._foreach_lerp_(bufs, grads, 1 - beta)
-        directions = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
         lr, wd = hyperparameter(group["lr"]), group["weight_decay"]
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             by_shape[matrix_shape(p.shape)].append(i)
         for (rows, cols), idx in by_shape.items():
-            stacked = torch.stack([directions[i].reshape(rows, cols) for i in idx])
-            O = orthogonalize(stacked, group["ns_coefficients"], group["ns_steps"],
-                              resolve_ns_dtype(group["ns_dtype"], stacked))
+            like = params[idx[0]]
+            ns_dtype = resolve_ns_dtype(group["ns_dtype"], like)
+            # Stacked straight into the iteration's dtype (one pass converts and stacks; a stack, then a cast, was
+            # two), in buffers kept between steps on CPU (fresh multi-MB tensors cost page faults every step), and
+            # the result left in that dtype (add_ promotes it exactly while it updates the parameter; a cast back
+            # first was another pass). benchmarks/RESULTS.md, "Muon's bf16 step", has the measurements.
+            workspace = self._ns_workspace if like.device.type == "cpu" else None
+            shape = (len(idx), rows, cols)
+            stacked = (workspace.buffer("input", shape, ns_dtype, like.device) if workspace is not None
+                       else torch.empty(shape, dtype=ns_dtype, device=like.device))
+            scratch = (workspace.buffer("direction", (rows, cols), like.dtype, like.device) if workspace is not None
+                       else None)
+            for j, i in enumerate(idx):
+                write_direction(stacked[j], grads[i], bufs[i], beta, nesterov, scratch)
+            O = orthogonalize(stacked, group["ns_coefficients"], group["ns_steps"], ns_dtype, workspace=workspace)
             step_size = lr * shape_scale(rows, cols, group["scale"])
             for j, i in enumerate(idx):
                 p = params[i]
                 if wd != 0:
                     p.mul_(1 - lr * wd)
-                p.add_(O[j].view_as(p), alpha=-step_size)
+                p.add_(O[j].reshape(p.shape), alpha=-step_size)
+
+    def _momentum_buffer(self, p: Tensor) -> Tensor:
+        """The parameter's momentum buffer, made (zeros) on its first step only."""
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state["momentum_buffer"]
 
     def resolved_options(self) -> dict[str, Any]:
         """What the ``auto`` options became on this machine, for a run's summary: ``{"ns_dtype": name}`` for the

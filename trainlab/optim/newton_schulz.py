@@ -109,6 +109,33 @@ def default_dtype(G: Tensor) -> torch.dtype:
     return torch.float64 if G.dtype == torch.float64 else torch.float32
 
 
+class Workspace:
+    """Buffers that :func:`orthogonalize` reuses from one call to the next, one per (role, shape, dtype, device).
+
+    Why: on CPU every multi-megabyte tensor allocated afresh is new pages from the operating system (glibc
+    returns large freed blocks), so a stacked Newton–Schulz step that allocated its Gram matrices and iterates
+    anew on every call paid page faults on all of them. Measured on the issue-17 set (8×512² + 4×2048×512, bf16,
+    AMD EPYC, one thread; benchmarks/RESULTS.md "Muon's bf16 step"), that was most of the step's non-matmul time.
+    The cost is memory held between steps: the input stack, two iterates and two Gram-sized buffers per shape
+    group, in the iteration's dtype. CUDA's caching allocator already reuses blocks, so Muon uses one on CPU only.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, tuple[int, ...], torch.dtype, torch.device], Tensor] = {}
+
+    def buffer(self, role: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised tensor for ``role``, the same one on every call with the same shape, dtype, device."""
+        key = (role, tuple(shape), dtype, torch.device(device))
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+        return self._buffers[key]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(t.numel() * t.element_size() for t in self._buffers.values())
+
+
 def orthogonalize(
     G: Tensor,
     coefficients: CoefficientsLike = "quintic",
@@ -116,12 +143,15 @@ def orthogonalize(
     dtype: torch.dtype | None = None,
     *,
     normalisation: tuple[float, float] | None = None,
+    workspace: Workspace | None = None,
 ) -> Tensor:
     """Approximately ``U Vᵀ`` for each matrix of ``G`` (shape ``(..., rows, cols)``), in ``G``'s dtype.
 
     ``coefficients``: a name in :data:`COEFFICIENTS` or a sequence of ``(a, b, c)``; ``steps``: iterations;
     ``dtype``: precision of the iteration (None: bf16 on CUDA, float32 elsewhere); ``normalisation``:
     ``(scale, eps)`` of ``X / (||X||_F·scale + eps)`` (default: the set's own, ``(1, 1e-7)`` for custom sets).
+    ``workspace``: iterate in its buffers instead of fresh tensors (the same numbers, bit for bit). Then ``G``
+    may be overwritten, and the result is a view of the workspace, valid until its next use.
     """
     if G.ndim < 2:
         raise ValueError(f"orthogonalize needs a matrix or a batch of matrices, got shape {tuple(G.shape)}")
@@ -133,13 +163,17 @@ def orthogonalize(
     X = G.to(dtype or default_dtype(G))
     if rows > cols:
         X = X.mT
-    X = X / (torch.linalg.matrix_norm(X, keepdim=True) * scale + eps)  # Frobenius norm per matrix
-    if X.ndim == 2:
+    norm = torch.linalg.matrix_norm(X, keepdim=True) * scale + eps  # Frobenius norm per matrix
+    if workspace is not None:
+        X = _iterate_in(workspace, X.div_(norm), hs)
+    elif X.ndim == 2:
+        X = X / norm
         for a, b, c in hs:
             A = X @ X.mT
             B = torch.addmm(A, A, A, beta=b, alpha=c)  # b·A + c·A·A
             X = torch.addmm(X, B, X, beta=a)  # a·X + B·X
     else:
+        X = X / norm
         lead = X.shape[:-2]
         X = X.reshape(-1, *X.shape[-2:])
         for a, b, c in hs:
@@ -150,6 +184,23 @@ def orthogonalize(
     if rows > cols:
         X = X.mT
     return X.to(G.dtype)
+
+
+def _iterate_in(workspace: Workspace, X: Tensor, hs: Coefficients) -> Tensor:
+    """The iteration of :func:`orthogonalize` on normalised, wide ``X``, writing into ``workspace``'s buffers."""
+    shape, (m, n) = X.shape, X.shape[-2:]
+    if not hs:
+        return X
+    X = X.reshape(-1, m, n)
+    k = X.shape[0]
+    A = workspace.buffer("gram", (k, m, m), X.dtype, X.device)
+    B = workspace.buffer("poly", (k, m, m), X.dtype, X.device)
+    iterates = [workspace.buffer(f"x{i}", (k, m, n), X.dtype, X.device) for i in (0, 1)]
+    for i, (a, b, c) in enumerate(hs):
+        torch.bmm(X, X.mT, out=A)
+        torch.baddbmm(A, A, A, beta=b, alpha=c, out=B)  # b·A + c·A·A
+        X = torch.baddbmm(X, B, X, beta=a, out=iterates[i % 2])  # a·X + B·X
+    return X.reshape(shape)
 
 
 def orthogonalize_exact(G: Tensor) -> Tensor:
