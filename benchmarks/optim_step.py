@@ -27,6 +27,12 @@ What it measures (all in one process, so the ratios come from the same run):
   on the full set (torch.optim.Muon iterates in bf16, which this CPU has no fast kernels for) are compared on
   one block's four matrices instead.
 
+* Subnormals: after the timed rounds, each eager implementation takes one more step under a dispatch mode that
+  counts subnormal values in the output of every ATen op (``subnormal outputs`` column). Arithmetic on subnormals
+  takes a microcode assist on many Intel cores (tens to hundreds of cycles per operation), so a non-zero count
+  would explain a step far above the memory floor there; the parameters and gradients are seeded and identical
+  on every CPU, so a zero here is a zero on any IEEE machine that does not flush.
+
 Prints a markdown table and, with ``--markdown FILE``, writes it there (the RESULTS.md section is assembled by
 hand from that output).
 """
@@ -48,8 +54,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import trainlab.optim as toptim
+from trainlab.optim.hardware import cpu_has_fast_bf16
 from trainlab.optim.newton_schulz import orthogonalize
 
 D, VOCAB, LAYERS = 256, 10240, 12
@@ -94,6 +102,7 @@ class Impl:
     note: str = ""
     times: list[float] = field(default_factory=list)
     error: str = ""
+    subnormal_outputs: int | None = None  # over one extra step's ATen op outputs (None: not checked)
 
 
 # Bytes each step must move per float32 parameter (reads + writes), for a single fused pass where possible.
@@ -162,8 +171,34 @@ def ns_flops(shapes: list[tuple[int, int]], steps: int = 5) -> float:
     return total
 
 
-def time_rounds(impls: list[Impl], sets: dict[str, ParamSet], steps: int, warmup: int) -> None:
-    """Build is done by the caller; warm up each, then time ``steps`` interleaved rounds (rotating the order)."""
+class SubnormalCount(TorchDispatchMode):
+    """Counts subnormal values in the floating-point outputs of every ATen op run under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (list, tuple)) else [out]:
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+                a = t.detach().abs()
+                self.count += int(((a > 0) & (a < torch.finfo(t.dtype).tiny)).sum())
+        return out
+
+
+def count_subnormal_outputs(opt: torch.optim.Optimizer, ps: ParamSet) -> int:
+    """One more step of ``opt`` on ``ps``, counting subnormal values among the outputs of the ops it runs."""
+    ps.restore_grads()
+    with SubnormalCount() as counter:
+        opt.step()
+    return counter.count
+
+
+def time_rounds(impls: list[Impl], sets: dict[str, ParamSet], steps: int, warmup: int,
+                check_subnormals: bool = False) -> None:
+    """Build is done by the caller; warm up each, then time ``steps`` interleaved rounds (rotating the order);
+    with ``check_subnormals``, one more step of each under :class:`SubnormalCount` (after the timing)."""
     opts: dict[str, torch.optim.Optimizer] = {}
     for impl in impls:
         try:
@@ -189,16 +224,20 @@ def time_rounds(impls: list[Impl], sets: dict[str, ParamSet], steps: int, warmup
             t = time.perf_counter()
             opt.step()
             impl.times.append(time.perf_counter() - t)
+    if check_subnormals:
+        for impl in live:
+            impl.subnormal_outputs = count_subnormal_outputs(opts[impl.label], sets[impl.label])
 
 
 def med_ms(impl: Impl) -> float:
     return statistics.median(impl.times) * 1e3 if impl.times else math.nan
 
 
-def run_elementwise(name: str, impls: list[Impl], shapes, steps: int, warmup: int, bw: float) -> list[dict]:
+def run_elementwise(name: str, impls: list[Impl], shapes, steps: int, warmup: int, bw: float,
+                    check_subnormals: bool = True) -> list[dict]:
     sets = {i.label: ParamSet(shapes, seed=0) for i in impls}
     numel = next(iter(sets.values())).numel
-    time_rounds(impls, sets, steps, warmup)
+    time_rounds(impls, sets, steps, warmup, check_subnormals)
     peers = [med_ms(i) for i in impls if not i.own and i.times]
     best_peer = min(peers) if peers else math.nan
     nbytes = BYTES_PER_PARAM[name] * numel
@@ -208,7 +247,7 @@ def run_elementwise(name: str, impls: list[Impl], shapes, steps: int, warmup: in
         ms = med_ms(i)
         rows.append({"algorithm": name, "impl": i.label, "own": i.own, "ms": ms, "vs_peer": ms / best_peer,
                      "bytes": nbytes, "floor_ms": floor_ms, "vs_floor": ms / floor_ms, "note": i.note,
-                     "error": i.error, "n": len(i.times)})
+                     "error": i.error, "n": len(i.times), "subnormal_outputs": i.subnormal_outputs})
     del sets
     gc.collect()
     return rows
@@ -317,7 +356,12 @@ def schedulefree_impls(heavyball: bool, eager: bool = True) -> list[Impl]:
 
 
 def muon_impls(heavyball: bool, include_bf16: bool) -> list[Impl]:
-    impls = [Impl("trainlab muon (fp32 NS, stacked)", lambda p: toptim.build("muon", p), own=True)]
+    auto = "bf16" if cpu_has_fast_bf16() else "fp32"
+    impls = [Impl(f"trainlab muon (default ns_dtype=auto: {auto} NS here, stacked)", lambda p: toptim.build("muon", p),
+                  own=True)]
+    if include_bf16 and auto == "fp32":
+        impls.append(Impl("trainlab muon ns_dtype=bfloat16", lambda p: toptim.build("muon", p, ns_dtype="bfloat16"),
+                          own=True))
     if include_bf16:
         impls.append(Impl("pytorch_optimizer.Muon (bf16 NS)",
                           lambda p: _po().Muon([{"params": p, "use_muon": True}])))
@@ -328,20 +372,30 @@ def muon_impls(heavyball: bool, include_bf16: bool) -> list[Impl]:
     return impls
 
 
+def muon_overhead_impls() -> list[Impl]:
+    """Both bf16 Muons with no Newton–Schulz step: what is left (momentum, casts, normalisation, update) is the
+    part of a step that does not depend on the machine's matmul rate."""
+    return [Impl("trainlab muon ns_dtype=bfloat16 ns_steps=0",
+                 lambda p: toptim.Muon(p, lr=0.02, ns_dtype="bfloat16", ns_steps=0), own=True),
+            Impl("torch.optim.Muon ns_steps=0", lambda p: torch.optim.Muon(p, lr=0.02, ns_steps=0, weight_decay=0.0))]
+
+
 # ------------------------------------------------------------------------------------------------------ reporting
 
 
 def fmt_rows(rows: list[dict]) -> str:
     out = [("| algorithm | implementation | ms/step (median) | ratio to fastest peer | bytes/step | floor ms "
-            "| ratio to floor | ratio to floor (in-place BW) |"), "|---|---|---:|---:|---:|---:|---:|---:|"]
+            "| ratio to floor | ratio to floor (in-place BW) | subnormal outputs |"),
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["error"]:
-            out.append(f"| {r['algorithm']} | {r['impl']} | failed: {r['error']} | | | | | |")
+            out.append(f"| {r['algorithm']} | {r['impl']} | failed: {r['error']} | | | | | | |")
             continue
         star = "**" if r["own"] else ""
         out.append(f"| {r['algorithm']} | {star}{r['impl']}{star} | {r['ms']:.1f} | {r['vs_peer']:.2f} "
                    f"| {r['bytes'] / 1e6:.0f} MB | {r['floor_ms']:.1f} | {r['vs_floor']:.2f} "
-                   f"| {r.get('vs_floor_inplace', math.nan):.2f} |")
+                   f"| {r.get('vs_floor_inplace', math.nan):.2f} "
+                   f"| {'-' if r.get('subnormal_outputs') is None else r['subnormal_outputs']} |")
     return "\n".join(out)
 
 
@@ -456,7 +510,9 @@ def main() -> None:
         t = time.perf_counter()
         bws.append(copy_bandwidth(reps=3)[0])  # bandwidth between groups too: the floor uses the run's median
         ibws.append(inplace_bandwidth(reps=3))
-        rows += run_elementwise(name, make(), shapes, args.steps, args.warmup, bws[-1])
+        # eager only: a dispatch mode around a compiled step would measure (or break) Dynamo, not the kernels
+        rows += run_elementwise(name, make(), shapes, args.steps, args.warmup, bws[-1],
+                                check_subnormals=not args.compiled_only)
         print(f"{name}: {time.perf_counter() - t:.0f}s", flush=True)
     bws.append(copy_bandwidth()[0])
     ibws.append(inplace_bandwidth())
@@ -471,28 +527,32 @@ def main() -> None:
     ns_text = ""
     if want("muon"):
         t = time.perf_counter()
-        # Orthogonalisation alone, as trainlab's step runs it (same shapes stacked, fp32 on CPU).
+        # Orthogonalisation alone, as trainlab's default step runs it here (same shapes stacked; ns_dtype=auto).
+        fast_bf16 = cpu_has_fast_bf16()
+        ns_dtype = torch.bfloat16 if fast_bf16 else torch.float32
         gen = torch.Generator().manual_seed(1)
         by_shape: dict[tuple[int, int], int] = {}
         for s in hshapes:
             by_shape[s] = by_shape.get(s, 0) + 1
         stacks = [torch.randn(n, *s, generator=gen) for s, n in by_shape.items()][: 0 if args.compiled_only else None]
         for x in stacks:
-            orthogonalize(x)
+            orthogonalize(x, dtype=ns_dtype)
         ns_t = []
         for _ in range(3):
             tt = time.perf_counter()
             for x in stacks:
-                orthogonalize(x)
+                orthogonalize(x, dtype=ns_dtype)
             ns_t.append(time.perf_counter() - tt)
         flops = ns_flops(hshapes)
         ns_rate = flops / statistics.median(ns_t) / 1e9 if stacks else math.nan
-        peak = max(fp32_peak, bf16_peak)
-        ns_text = (f"Newton-Schulz (5 quintic steps, fp32, same-shape matrices stacked) on the {len(hshapes)} hidden "
-                   f"matrices: {flops / 1e9:.1f} GFLOP in {statistics.median(ns_t) * 1e3:.0f} ms = {ns_rate:.1f} GF/s, "
-                   f"{ns_rate / fp32_peak:.0%} of the measured fp32 peak ({fp32_peak:.1f} GF/s, 2048^2 matmul); "
-                   f"bf16 peak {bf16_peak:.2f} GF/s (no fast bf16 kernels here), so fp32 is the peak used "
-                   f"({peak:.1f} GF/s); the compute floor of the orthogonalisation is {flops / peak / 1e6:.0f} ms.")
+        peak = bf16_peak if fast_bf16 else fp32_peak
+        ns_text = (f"Newton-Schulz (5 quintic steps, {str(ns_dtype)[6:]}, same-shape matrices stacked) on the "
+                   f"{len(hshapes)} hidden matrices: {flops / 1e9:.1f} GFLOP in {statistics.median(ns_t) * 1e3:.0f} ms "
+                   f"= {ns_rate:.1f} GF/s, {ns_rate / peak:.0%} of the measured peak in that dtype; fp32 peak "
+                   f"{fp32_peak:.1f} GF/s (2048^2 matmul), "
+                   f"bf16 peak {bf16_peak:.2f} GF/s ({'fast' if fast_bf16 else 'no fast'} bf16 units reported by "
+                   f"the CPU), so the peak used is {peak:.1f} GF/s; the compute floor of the orthogonalisation is "
+                   f"{flops / peak / 1e6:.0f} ms.")
         if not args.compiled_only:
             print(ns_text, flush=True)
         else:
@@ -514,8 +574,11 @@ def main() -> None:
                 muon_set("one block (4 matrices, 0.79M), separate process", hshapes[:4],
                          muon_impls(True, include_bf16=False), 2, 1)
         else:
-            muon_set(full, hshapes, muon_impls(False, include_bf16=False), args.muon_steps, 1)
-            muon_set("one block (4 matrices, 0.79M)", hshapes[:4], muon_impls(False, include_bf16=True), 2, 1)
+            # bf16 peers on the full set only where bf16 is fast (elsewhere ~2 s per step for one block's 4 matrices)
+            muon_set(full, hshapes, muon_impls(False, include_bf16=fast_bf16), args.muon_steps, 1)
+            if not fast_bf16:
+                muon_set("one block (4 matrices, 0.79M)", hshapes[:4], muon_impls(False, include_bf16=True), 2, 1)
+            muon_set(f"{full}, no Newton-Schulz step", hshapes, muon_overhead_impls(), max(args.muon_steps, 10), 2)
         print(f"Muon: {time.perf_counter() - t:.0f}s", flush=True)
 
     if args.json:
