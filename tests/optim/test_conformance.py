@@ -51,6 +51,9 @@ OVERRIDES: dict[str, tuple[dict, str]] = {
     # trainlab
     "lion": ({"lr": 3e-4}, _SLOW_SIGN),
     "coordclip": ({"lr": 0.1}, "its default base is SGD: " + _SLOW_SGD),
+    "grokfast": ({"lr": 3e-4}, ("the amplified EMA (lamb=2, alpha=0.98: ~50 steps of memory) adds slow momentum on top "
+                                "of AdamW's: at lr 1e-3 the loss falls to 0.27x by step 9, then overshoots and is "
+                                "back at 0.74x at step 30; lr 3e-4 falls steadily (0.23x)")),
     "ogd": ({"lr": 0.1}, "its default base is SGD (the paper's): " + _SLOW_SGD),
     "sketchogd": ({"lr": 0.1}, "its default base is SGD (the paper's): " + _SLOW_SGD),
     "radam_schedulefree": ({"lr": 0.01}, _RECTIFIED),

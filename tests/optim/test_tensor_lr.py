@@ -21,6 +21,7 @@ CASES = [
     ("dualized", {"weight_decay": 0.1}, ("lr",)),
     ("perpgrad", {"base": "lion"}, ("lr",)),
     ("coordclip", {"threshold": 0.05, "momentum": 0.9}, ("lr",)),
+    ("grokfast", {"base": "perpgrad"}, ("lr",)),
     ("adamw", {}, ("lr",)),
     ("sgd", {"momentum": 0.9}, ("lr",)),
 ]

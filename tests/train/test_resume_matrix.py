@@ -34,7 +34,8 @@ SCHEDULE_OPTIONS = {  # options that make each schedule change the lr across the
 }
 
 # One or more optimizers of each family: trainlab's own, torch.optim, pytorch-optimizer, schedule-free,
-# wrappers around another optimizer, and AutoLRS (sets its own lr, steered by the training loss).
+# wrappers around another optimizer (and around another wrapper), and AutoLRS (sets its own lr, steered by the
+# training loss).
 OPTIMIZERS = {
     "lion": ["optimizer=lion", "optimizer.lr=1e-3"],
     "lamb": ["optimizer=lamb"],
@@ -51,6 +52,7 @@ OPTIMIZERS = {
     "schedulefreeadamw": ["optimizer=schedulefreeadamw"],
     "perpgrad": ["optimizer=perpgrad", "optimizer.base=adamw", "optimizer.lr=1e-2"],
     "coordclip": ["optimizer=coordclip", "optimizer.base=lion", "optimizer.lr=1e-3"],
+    "grokfast_perpgrad": ["optimizer=grokfast", "optimizer.base=perpgrad", "optimizer.lr=1e-2"],  # a wrapper of a wrapper
     "autolrs": ["optimizer=autolrs", "optimizer.candidates=2", "optimizer.explore_steps=3",
                 "optimizer.stage_steps=6", "optimizer.max_stage_steps=12"],
 }

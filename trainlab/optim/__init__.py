@@ -20,6 +20,7 @@ from trainlab.optim.lamb import Lamb
 from trainlab.optim.diffgrad import DiffGrad
 from trainlab.optim.perpgrad import PerpGrad
 from trainlab.optim.coordclip import CoordClip
+from trainlab.optim.grokfast import Grokfast
 from trainlab.optim.autolrs import AutoLRS
 from trainlab.optim import schedule_free  # noqa: F401
 # --- orthogonalising optimizers (Muon, modular dualization, AGD) ---
@@ -32,5 +33,5 @@ from trainlab.optim.sketchogd import SketchOGD
 # --- other packages (a lazy source: registered at the first lookup of a name not above) ---
 from trainlab.optim import external  # noqa: F401
 
-__all__ = ["AGD", "AutoLRS", "CoordClip", "DiffGrad", "Dualized", "Lamb", "Lion", "Muon", "OGD", "OPTIMIZERS", "PerpGrad",
-           "SketchOGD", "build", "names", "options_from_signature", "resolve_options"]
+__all__ = ["AGD", "AutoLRS", "CoordClip", "DiffGrad", "Dualized", "Grokfast", "Lamb", "Lion", "Muon", "OGD", "OPTIMIZERS",
+           "PerpGrad", "SketchOGD", "build", "names", "options_from_signature", "resolve_options"]

@@ -85,15 +85,55 @@ def options_from_signature(cls: type[object], *, skip: Iterable[str] = ()) -> ty
     return dataclasses.make_dataclass(f"{cls.__name__}Options", fields, frozen=True)
 
 
+#: Separates a wrapper base from that wrapper's own base in a ``base`` option: ``base="perpgrad:lion"`` is ⊥Grad
+#: over Lion; ``base="perpgrad"`` is ⊥Grad over its default base.
+CHAIN = ":"
+
+# What the training loop calls on its optimizer beyond step() (trainlab.optim.protocol): a wrapper that has one
+# of these cannot be the base of another wrapper, whose own methods would hide it from the loop.
+_LOOP_HOOKS = ("observe_loss", "current_lr", "end_task")
+
+
 @functools.lru_cache(maxsize=None)
-def _wrapper_options(wrapper: type, base: type) -> type:
-    """The wrapper's own options followed by its base optimizer's, as one dataclass."""
+def _wrapper_options(wrapper: type, base: type, nested: bool = False) -> type:
+    """The wrapper's own options followed by its base optimizer's, as one dataclass. A ``nested`` base (itself a
+    wrapper) contributes its options but ``base``: that one is spelled in the outer ``base``, see :data:`CHAIN`."""
     own = [(f.name, f.type, f) for f in dataclasses.fields(wrapper)]
-    clash = {f.name for f in dataclasses.fields(base)} & {name for name, _, _ in own}
+    inherited = [(f.name, f.type, f) for f in dataclasses.fields(base) if not (nested and f.name == "base")]
+    clash = {name for name, _, _ in inherited} & {name for name, _, _ in own}
     if clash:
         raise TypeError(f"{wrapper.__name__} and {base.__name__} both define {sorted(clash)}")
-    inherited = [(f.name, f.type, f) for f in dataclasses.fields(base)]
     return dataclasses.make_dataclass(f"{wrapper.__name__}With{base.__name__}", own + inherited, frozen=True)
+
+
+def _options_class(entry: Entry, base: str | None) -> type:
+    """The options dataclass of ``entry``; for a wrapper, merged with those of ``base`` (a registry name, or
+    ``wrapper:base`` chains, see :data:`CHAIN`; None: the wrapper's default base), recursively."""
+    assert entry.options is not None
+    if not entry.meta.get("wrapper", False):
+        if base is not None:
+            raise ConfigError("optimizer.base", f"{entry.name} is not a wrapper, so it takes no base of its own "
+                                                f"(remove {CHAIN}{base})")
+        return entry.options
+    if base is None:
+        base = str(next(f.default for f in dataclasses.fields(entry.options) if f.name == "base"))
+    head, chained, rest = base.partition(CHAIN)
+    try:
+        base_entry = OPTIMIZERS.get(head)
+    except KeyError as err:
+        raise ConfigError("optimizer.base", str(err)) from None
+    if base_entry.meta.get("needs_model", False):
+        raise ConfigError("optimizer.base", f"{head} cannot be wrapped (it needs the model); choose an optimizer "
+                                            f"that takes plain parameters")
+    hooks = [m for m in _LOOP_HOOKS if callable(getattr(base_entry.factory, m, None))]
+    if hooks:
+        raise ConfigError("optimizer.base", f"{head} cannot be wrapped: the training loop calls its "
+                                            f"{', '.join(hooks)}, which a wrapper around it would hide")
+    base_options = _options_class(base_entry, rest if chained else None)
+    try:
+        return _wrapper_options(entry.options, base_options, bool(base_entry.meta.get("wrapper", False)))
+    except TypeError as err:  # e.g. grokfast over grokfastadamw: both have grokfast_alpha
+        raise ConfigError("optimizer.base", f"{entry.name} cannot wrap {base}: {err}") from None
 
 
 def resolve_options(name: str, hparams: Mapping[str, Any]) -> Any:
@@ -101,22 +141,14 @@ def resolve_options(name: str, hparams: Mapping[str, Any]) -> Any:
 
     A *wrapper* (registered with ``wrapper=True``; its options have a ``base`` field naming another registry
     entry) accepts its own options plus every option of its base, e.g. ``perpgrad`` with ``base=adamw``
-    takes ``lr``, ``betas``, ... with AdamW's defaults.
+    takes ``lr``, ``betas``, ... with AdamW's defaults. The base may be another wrapper (not one that needs the
+    model or that the training loop steers, such as ``autolrs``): ``grokfast`` with ``base=perpgrad`` is
+    Grokfast over ⊥Grad over perpgrad's default base (AdamW), and takes the options of all three;
+    ``base=perpgrad:lion`` chooses the inner wrapper's base (:data:`CHAIN`).
     """
     entry = OPTIMIZERS.get(name)
-    assert entry.options is not None
-    cls = entry.options
-    if entry.meta.get("wrapper", False):
-        default_base = next(f.default for f in dataclasses.fields(cls) if f.name == "base")
-        base_name = str(hparams.get("base", default_base))
-        try:
-            base_entry = OPTIMIZERS.get(base_name)
-        except KeyError as err:
-            raise ConfigError("optimizer.base", str(err)) from None
-        if base_entry.meta.get("wrapper", False) or base_entry.meta.get("needs_model", False):
-            raise ConfigError("optimizer.base", f"{base_name} cannot be wrapped (it is itself a wrapper or needs "
-                                                f"the model); choose an optimizer that takes plain parameters")
-        cls = _wrapper_options(cls, base_entry.options)
+    base = hparams.get("base") if entry.meta.get("wrapper", False) else None
+    cls = _options_class(entry, None if base is None else str(base))
     return build_options(cls, hparams, prefix="optimizer")
 
 

@@ -11,9 +11,13 @@ A subclass only implements :meth:`GradientTransformWrapper.transform_`.
 
 Registered with meta ``wrapper=True``, a wrapper's options are its own (``base`` plus e.g. ``threshold``)
 followed by its base's, so ``optimizer=perpgrad optimizer.base=adamw optimizer.lr=1e-2`` works on the
-command line and ``build("perpgrad", params, base="adamw", lr=1e-2)`` in Python.
+command line and ``build("perpgrad", params, base="adamw", lr=1e-2)`` in Python. The base may be another such
+wrapper: ``optimizer=grokfast optimizer.base=perpgrad`` is Grokfast over ⊥Grad over perpgrad's default base
+(AdamW), with the options of all three; ``optimizer.base=perpgrad:lion`` names the inner wrapper's base too
+(see :func:`trainlab.optim.registry.resolve_options`).
 
-The checkpoint (``state_dict``) is the base's, unchanged: the wrappers here keep no state of their own.
+The checkpoint (``state_dict``) is the base's, unchanged: perpgrad and coordclip keep no state of their own, and
+grokfast keeps its EMA in the base's per-parameter state.
 """
 
 from __future__ import annotations
@@ -40,12 +44,16 @@ class GradientTransformWrapper(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], base: str | type[torch.optim.Optimizer], *, foreach: bool | None = None,
                  **base_options: Any) -> None:
-        from trainlab.optim.registry import build  # the registry imports optimizers; avoid a cycle at import
+        from trainlab.optim.registry import CHAIN, build  # the registry imports optimizers; avoid a cycle
 
         self.base_name = base if isinstance(base, str) else base.__name__
         self.foreach = foreach
-        self.optimizer: torch.optim.Optimizer = (build(base, params, **base_options) if isinstance(base, str)
-                                                 else base(params, **base_options))
+        if isinstance(base, str):  # "perpgrad:lion": the wrapper perpgrad, over lion (registry.CHAIN)
+            head, chained, rest = base.partition(CHAIN)
+            self.optimizer: torch.optim.Optimizer = build(head, params, **({"base": rest} if chained else {}),
+                                                          **base_options)
+        else:
+            self.optimizer = base(params, **base_options)
         # What torch.optim.Optimizer.__init__ sets besides defaults/state/param_groups (those are the base's),
         # so step hooks, state-dict hooks and profiling work on the wrapper itself.
         self._optimizer_step_pre_hooks = OrderedDict()
