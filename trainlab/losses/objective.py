@@ -151,6 +151,13 @@ class Objective:
             losses = losses + self.elr(output.float(), idx.to(self.elr.target.device))
         return losses, penalty
 
+    def mean(self, net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The batch's mean training loss, reduced by the loss itself; a plain objective's only (the workload's
+        loss and no regulariser: nothing else needs the per-example values)."""
+        if not self.plain:
+            raise RuntimeError("Objective.mean is for a plain objective; call the objective for per-example losses")
+        return self.workload.mean_loss(net(x), y)
+
     def state_dict(self) -> dict[str, Any]:
         return {"elr": self.elr.state_dict()} if self.elr is not None else {}
 

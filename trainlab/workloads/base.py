@@ -118,6 +118,19 @@ class Workload:
             return flat.view(target.shape)
         return F.cross_entropy(output.float(), target, reduction="none")
 
+    def mean_loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """The mean of :meth:`loss` over every example (and token) of the batch.
+
+        The default cross-entropy reduces inside its kernel: one op forward and one backward where the mean of
+        the unreduced losses takes three (the trainer's step for one process uses this; RESULTS.md, "Trainer
+        overhead"). A workload with its own :meth:`loss` gets that loss's plain mean.
+        """
+        if type(self).loss is not Workload.loss:
+            return self.loss(output, target).mean()
+        if output.dim() == 3:
+            return F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1))
+        return F.cross_entropy(output.float(), target)
+
     def metric_values(self, output: Tensor, target: Tensor) -> Tensor:
         """Per-example (or per-token) metric values; their mean is the metric. Default: accuracy."""
         return (output.argmax(-1) == target).to(torch.float32)
