@@ -68,3 +68,25 @@ def test_class_logits_keep_the_plain_formula():
     gen = torch.Generator().manual_seed(1)
     logits, target = torch.randn(9, 5, generator=gen), torch.randint(0, 5, (9,), generator=gen)
     assert torch.equal(Workload(None).loss(logits, target), F.cross_entropy(logits, target, reduction="none"))
+
+
+@pytest.mark.parametrize("workload,shape", [("charlm", (6, 17, 41)), ("modular", (9, 113))])
+def test_mean_loss_is_the_mean_of_the_per_example_losses_with_its_gradient(workload, shape):
+    wl = build(workload, **({"max_chars": 4000, "block_size": 16} if workload == "charlm" else {}))
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(shape, generator=gen, requires_grad=True)
+    target = torch.randint(0, shape[-1], shape[:-1], generator=gen)
+    got, want = wl.mean_loss(logits, target), wl.loss(logits, target).mean()
+    assert got.ndim == 0
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    (g_got,) = torch.autograd.grad(got, logits)
+    (g_want,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-9)
+
+
+def test_a_workload_with_its_own_loss_gets_that_loss_mean():
+    wl = build("teacher_student")
+    assert type(wl).loss is not Workload.loss
+    gen = torch.Generator().manual_seed(2)
+    out, target = torch.randn(7, 3, generator=gen), torch.randn(7, 3, generator=gen)
+    assert torch.equal(wl.mean_loss(out, target), wl.loss(out, target).mean())
