@@ -156,14 +156,45 @@ def _update_sharpness(ctx: ProbeContext) -> dict[str, float]:
     return {"value": value, "eos_ratio": value * ctx.lr / 2}
 
 
-@register("noise_scale", summary="gradient noise scale B_simple = tr(Sigma)/|G|^2 from per-example gradients",
-          cost="per-example gradients of the probe batch (vmapped fwd + bwd)",
+@register("noise_scale", summary="gradient noise scale B_simple = tr(Sigma)/|G|^2 from per-example gradients, with "
+                                 "its jackknife standard error; further batches of probes.examples training examples "
+                                 "until stderr <= noise_scale_rel_se * |B_simple| (examples: the count read; "
+                                 "converged: 1 if the target was met)",
+          cost="per-example gradients (vmapped fwd + bwd) of between probes.examples and noise_scale_max_examples "
+               "training examples (the probe batch alone with noise_scale_rel_se=0); 16 float64 copies of the "
+               "parameters (jackknife groups)",
           paper="McCandlish et al. 2018, An Empirical Model of Large-Batch Training")
 def _noise_scale(ctx: ProbeContext) -> dict[str, float]:
     from trainlab.probes.noise_scale import simple_noise_scale
 
-    ns = simple_noise_scale(ctx.model, ctx.loss_fn, ctx.x_train, ctx.y_train)
-    return {"b_simple": float(ns.noise_scale), "trace_sigma": float(ns.trace_sigma), "grad_sq": float(ns.grad_sq)}
+    o = ctx.options
+    x, y = ctx.x_train, ctx.y_train
+    if o.noise_scale_rel_se > 0:
+        x, y = _noise_scale_examples(ctx, max(o.noise_scale_max_examples, len(ctx.x_train)))
+    ns = simple_noise_scale(ctx.model, ctx.loss_fn, x, y, rel_se=o.noise_scale_rel_se,
+                            batch_size=max(len(ctx.x_train), 2))
+    return {"b_simple": float(ns.noise_scale), "trace_sigma": float(ns.trace_sigma), "grad_sq": float(ns.grad_sq),
+            "stderr": float(ns.stderr), "examples": float(ns.batch_size), "converged": float(ns.converged)}
+
+
+def _noise_scale_examples(ctx: ProbeContext, count: int) -> tuple[Tensor, Tensor]:
+    """The probe batch followed by further training examples, ``count`` at most: the prober's seeded permutation
+    of the training set (``randperm(n_train, generator=seed(probes.seed))``, whose first ``probes.examples`` rows
+    are the probe batch) read on. No RNG but that local generator is used, so a run and its resume read the same
+    rows. When the permutation does not reproduce the probe batch (or the context has no training set), the
+    probe batch alone."""
+    if "rows" not in ctx.cache:
+        rows = None
+        if ctx.x_train_all is not None and ctx.y_train_all is not None:
+            perm = torch.randperm(len(ctx.x_train_all), generator=torch.Generator().manual_seed(ctx.options.seed))
+            first = perm[: len(ctx.x_train)].to(ctx.x_train_all.device)
+            if torch.equal(ctx.x_train_all[first], ctx.x_train) and torch.equal(ctx.y_train_all[first], ctx.y_train):
+                rows = perm.to(ctx.x_train_all.device)
+        ctx.cache["rows"] = rows
+    rows = ctx.cache["rows"]
+    if rows is None or ctx.x_train_all is None or ctx.y_train_all is None:
+        return ctx.x_train, ctx.y_train
+    return ctx.x_train_all[rows[:count]], ctx.y_train_all[rows[:count]]
 
 
 # ------------------------------------------------------------------------------------------ regimes and rank

@@ -199,6 +199,14 @@ class ProbeOptions:
                                                                 "the minimum, >= 2); 0: exactly hutchinson_samples")
     hutchinson_max_samples: int = option(100, ge=2, le=10000, help="hessian_trace: most vectors drawn with "
                                                                    "hutchinson_rel_se > 0 (at least hutchinson_samples)")
+    noise_scale_rel_se: float = option(0.2, ge=0.0, lt=1.0, help="noise_scale: read further batches of "
+                                                                 "probes.examples training examples until the "
+                                                                 "standard error <= this * |B_simple| (the probe "
+                                                                 "batch is the minimum); 0: the probe batch alone")
+    noise_scale_max_examples: int = option(2048, ge=2, le=1_000_000, help="noise_scale: most training examples read "
+                                                                          "with noise_scale_rel_se > 0 (at least "
+                                                                          "probes.examples; about 1 fwd + 1 bwd "
+                                                                          "each)")
     ntk_examples: int = option(32, ge=2, help="examples in the empirical NTK")
     lc_directions: int = option(16, ge=1, help="cross-polytope directions of local complexity")
     lc_radius: float = option(0.05, gt=0.0, help="cross-polytope radius of local complexity (input units)")
