@@ -115,7 +115,8 @@ class Workspace:
     Why: on CPU every multi-megabyte tensor allocated afresh is new pages from the operating system (glibc
     returns large freed blocks), so a stacked Newton–Schulz step that allocated its Gram matrices and iterates
     anew on every call paid page faults on all of them. Measured on the issue-17 set (8×512² + 4×2048×512, bf16,
-    AMD EPYC, one thread; benchmarks/RESULTS.md "Muon's bf16 step"), that was most of the step's non-matmul time.
+    AMD EPYC, one thread; benchmarks/RESULTS.md "Muon's bf16 step"), that was a large part of the step's
+    non-matmul time.
     The cost is memory held between steps: the input stack, two iterates and two Gram-sized buffers per shape
     group, in the iteration's dtype. CUDA's caching allocator already reuses blocks, so Muon uses one on CPU only.
     """

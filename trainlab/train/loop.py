@@ -293,7 +293,8 @@ def step_loss(t: Training, x: Tensor, y: Tensor, idx: Tensor, step: int) -> tupl
 
     With one process and a plain objective the loss kernel reduces the batch itself
     (:meth:`~trainlab.losses.objective.Objective.mean`): the per-example losses are needed for nothing else, and
-    reducing them here took a sum, a scale and their backward ops, about 2% of a small CNN's step.
+    reducing them here took a sum, a scale and their backward ops (estimated at 70-130 µs, ~2% of a small CNN's
+    step; below the noise of the before/after runs in benchmarks/RESULTS.md).
     """
     if t.env.world_size == 1 and t.objective.plain:
         with t.autocast():
