@@ -48,23 +48,30 @@ def regression_grads(weights, step):
     return torch.autograd.grad(loss, weights)
 
 
-@pytest.mark.parametrize(("nesterov", "scale"), [(True, "original"), (False, "original"), (True, "match_rms_adamw")])
-def test_parity_with_torch_optim_muon_in_float32(monkeypatch, nesterov, scale):
-    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", torch_ns_float32)
-    torch.manual_seed(0)
-    init = [torch.randn(s) * 0.1 for s in SHAPES]
+def side_by_side(shapes, seed, steps, ours_opts, theirs_opts):
+    """Both Muons from the same start on regression_grads for ``steps`` steps: (worst |difference|, largest move)."""
+    torch.manual_seed(seed)
+    init = [torch.randn(s) * 0.1 for s in shapes]
     ours = [w.clone().requires_grad_() for w in init]
     theirs = [w.clone().requires_grad_() for w in init]
-    a = Muon(ours, lr=0.02, momentum=0.95, nesterov=nesterov, weight_decay=0.1, ns_dtype="float32", scale=scale)
-    b = torch.optim.Muon(theirs, lr=0.02, momentum=0.95, nesterov=nesterov, weight_decay=0.1, adjust_lr_fn=scale)
-    for step in range(25):
+    a, b = Muon(ours, **ours_opts), torch.optim.Muon(theirs, **theirs_opts)
+    for step in range(steps):
         for params, opt in ((ours, a), (theirs, b)):
             for p, g in zip(params, regression_grads(params, step)):
                 p.grad = g
             opt.step()
     worst = max((p - q).abs().max().item() for p, q in zip(ours, theirs))
+    return worst, max((p - w).abs().max().item() for p, w in zip(ours, init))
+
+
+@pytest.mark.parametrize(("nesterov", "scale"), [(True, "original"), (False, "original"), (True, "match_rms_adamw")])
+def test_parity_with_torch_optim_muon_in_float32(monkeypatch, nesterov, scale):
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", torch_ns_float32)
+    common = {"lr": 0.02, "momentum": 0.95, "nesterov": nesterov, "weight_decay": 0.1}
+    worst, moved = side_by_side(SHAPES, 0, 25, {**common, "ns_dtype": "float32", "scale": scale},
+                                {**common, "adjust_lr_fn": scale})
     assert worst < 1e-5  # measured: 0.0 with Nesterov, 2.4e-7 without
-    assert max((p - w).abs().max().item() for p, w in zip(ours, init)) > 0.1  # they moved
+    assert moved > 0.1
 
 
 def test_batched_step_equals_the_per_matrix_reference():
@@ -286,21 +293,11 @@ def test_summary_has_no_resolved_options_for_an_optimizer_without_them(tmp_path)
 
 def test_bf16_step_matches_torch_optim_muon():
     """Unpatched torch.optim.Muon iterates in bf16 too; one matrix per shape, so trainlab's stack is of one."""
-    torch.manual_seed(3)
-    shapes = [(32, 16), (16, 32), (24, 24)]
-    init = [torch.randn(s) * 0.1 for s in shapes]
-    ours = [w.clone().requires_grad_() for w in init]
-    theirs = [w.clone().requires_grad_() for w in init]
-    a = Muon(ours, lr=0.02, weight_decay=0.1, ns_dtype="bfloat16")
-    b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1)
-    for step in range(10):
-        for params, opt in ((ours, a), (theirs, b)):
-            for p, g in zip(params, regression_grads(params, step)):
-                p.grad = g
-            opt.step()
-    worst = max((p - q).abs().max().item() for p, q in zip(ours, theirs))
+    worst, moved = side_by_side([(32, 16), (16, 32), (24, 24)], 3, 10,
+                                {"lr": 0.02, "weight_decay": 0.1, "ns_dtype": "bfloat16"},
+                                {"lr": 0.02, "weight_decay": 0.1})
     assert worst < 1e-5, worst  # measured 0.0 on AMD EPYC (bf16 kernels may round differently elsewhere)
-    assert max((p - w).abs().max().item() for p, w in zip(ours, init)) > 0.1  # they moved
+    assert moved > 0.1
 
 
 def test_steps_reuse_the_newton_schulz_buffers_on_cpu():
