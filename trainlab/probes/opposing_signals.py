@@ -159,23 +159,6 @@ def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None
     atomic_write_text(target, json.dumps(clean, allow_nan=False))
 
 
-def _train_indices(ctx: ProbeContext) -> Tensor | None:
-    """The probe subset's positions in the training set, or None when they cannot be verified.
-
-    The prober draws them as ``randperm(n_train, generator=seed(probes.seed))[:probes.examples]`` and keeps only
-    the examples; the draw is repeated here and kept only if it selects exactly the probe batch (so a change in
-    the prober gives null, never wrong indices).
-    """
-    if ctx.x_train_all is None or ctx.y_train_all is None:
-        return None
-    gen = torch.Generator().manual_seed(ctx.options.seed)
-    idx = torch.randperm(len(ctx.x_train_all), generator=gen)[: len(ctx.x_train)]
-    dev = idx.to(ctx.x_train_all.device)
-    if torch.equal(ctx.x_train_all[dev], ctx.x_train) and torch.equal(ctx.y_train_all[dev], ctx.y_train):
-        return idx
-    return None
-
-
 @register("opposing_signals", summary="examples whose loss a virtual SGD step moves most (top fraction by |dloss|), "
                                       "how many go up / down, and the cosine of the two groups' mean gradients "
                                       "(near -1: opposing signals); top examples in opposing_signals/step_N.json",
@@ -191,7 +174,8 @@ def _opposing_signals(ctx: ProbeContext) -> dict[str, float]:
                               fraction=ctx.options.opposing_signals_fraction)
     scalars = result.scalars()
     if ctx.run_dir is not None:
-        train = _train_indices(ctx)
+        order = ctx.train_order()
+        train = None if order is None else order[: len(ctx.x_train)]
         top = result.top
         write_json(Path(ctx.run_dir) / "opposing_signals" / f"step_{ctx.step}.json", {
             "step": ctx.step, "lr": lr, "fraction": ctx.options.opposing_signals_fraction, **scalars,

@@ -59,6 +59,25 @@ class ProbeContext:
     def float_inputs(self) -> bool:
         return self.x_train.is_floating_point()
 
+    def train_order(self) -> Tensor | None:
+        """The prober's seeded order of the training set (positions in ``x_train_all``, on CPU), whose first
+        ``len(x_train)`` rows are the probe batch; None without the training set, or when that draw does not
+        give exactly the probe batch (so a change in the prober gives null, never wrong rows).
+
+        The prober draws ``randperm(n_train, generator=seed(probes.seed))`` and keeps only the examples; the draw
+        is repeated here once per probe (kept in its ``cache``).
+        """
+        if "train_order" not in self.cache:
+            order = None
+            if self.x_train_all is not None and self.y_train_all is not None:
+                perm = torch.randperm(len(self.x_train_all), generator=torch.Generator().manual_seed(self.options.seed))
+                first = perm[: len(self.x_train)].to(self.x_train_all.device)
+                if torch.equal(self.x_train_all[first], self.x_train) and torch.equal(self.y_train_all[first],
+                                                                                      self.y_train):
+                    order = perm
+            self.cache["train_order"] = order
+        return self.cache["train_order"]
+
 
 Probe = Callable[[ProbeContext], dict[str, float]]
 PROBES: Registry[Probe] = Registry("probe")
@@ -169,32 +188,15 @@ def _noise_scale(ctx: ProbeContext) -> dict[str, float]:
 
     o = ctx.options
     x, y = ctx.x_train, ctx.y_train
-    if o.noise_scale_rel_se > 0:
-        x, y = _noise_scale_examples(ctx, max(o.noise_scale_max_examples, len(ctx.x_train)))
+    order = ctx.train_order() if o.noise_scale_rel_se > 0 else None
+    # further training rows: the prober's seeded order read on (no RNG of the run's)
+    if order is not None and ctx.x_train_all is not None and ctx.y_train_all is not None:
+        rows = order[: max(o.noise_scale_max_examples, len(ctx.x_train))].to(ctx.x_train_all.device)
+        x, y = ctx.x_train_all[rows], ctx.y_train_all[rows]
     ns = simple_noise_scale(ctx.model, ctx.loss_fn, x, y, rel_se=o.noise_scale_rel_se,
                             batch_size=max(len(ctx.x_train), 2))
     return {"b_simple": float(ns.noise_scale), "trace_sigma": float(ns.trace_sigma), "grad_sq": float(ns.grad_sq),
             "stderr": float(ns.stderr), "examples": float(ns.batch_size), "converged": float(ns.converged)}
-
-
-def _noise_scale_examples(ctx: ProbeContext, count: int) -> tuple[Tensor, Tensor]:
-    """The probe batch followed by further training examples, ``count`` at most: the prober's seeded permutation
-    of the training set (``randperm(n_train, generator=seed(probes.seed))``, whose first ``probes.examples`` rows
-    are the probe batch) read on. No RNG but that local generator is used, so a run and its resume read the same
-    rows. When the permutation does not reproduce the probe batch (or the context has no training set), the
-    probe batch alone."""
-    if "rows" not in ctx.cache:
-        rows = None
-        if ctx.x_train_all is not None and ctx.y_train_all is not None:
-            perm = torch.randperm(len(ctx.x_train_all), generator=torch.Generator().manual_seed(ctx.options.seed))
-            first = perm[: len(ctx.x_train)].to(ctx.x_train_all.device)
-            if torch.equal(ctx.x_train_all[first], ctx.x_train) and torch.equal(ctx.y_train_all[first], ctx.y_train):
-                rows = perm.to(ctx.x_train_all.device)
-        ctx.cache["rows"] = rows
-    rows = ctx.cache["rows"]
-    if rows is None or ctx.x_train_all is None or ctx.y_train_all is None:
-        return ctx.x_train, ctx.y_train
-    return ctx.x_train_all[rows[:count]], ctx.y_train_all[rows[:count]]
 
 
 # ------------------------------------------------------------------------------------------ regimes and rank
