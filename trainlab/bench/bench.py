@@ -23,7 +23,7 @@ from typing import Sequence
 from trainlab.bench import plan, stepcost, submission
 from trainlab.bench.report import BENCH_FILE, leaderboard_table, load, write_report
 from trainlab.bench.runner import (BenchError, Trial, check_backend, check_trial_timeout, cores, default_workers,
-                                   keep_records, load_records, run_trials)
+                                   keep_records, load_records, run_trials, trial_threads)
 from trainlab.bench.suite import HELDOUT, TARGETS_FILE, BenchWorkload, select, targets_file_data, with_targets
 from trainlab.bench.timing import CLOCKS
 from trainlab.bench.tuning import RULESETS
@@ -114,7 +114,7 @@ def run_bench(names: Sequence[str], submissions: Sequence[str], *, baseline: str
     keep_records(out_dir, [t.id for t in [*phase1, *phase2]])
     if clock == "cost":
         # timed with the trials' thread count: how a step's cost scales with threads differs between submissions
-        stepcost.ensure_costs(out_dir, load_records(out_dir), threads=threads or max(1, cores() // max(workers, 1)),
+        stepcost.ensure_costs(out_dir, load_records(out_dir), threads=trial_threads(threads, workers),
                               in_process=workers == 0, progress=progress)
     files = write_report(out_dir)
     _, st = load(out_dir)

@@ -302,6 +302,11 @@ def _write_records(out_dir: Path, rows: dict[str, dict[str, Any]]) -> None:
 Job = Callable[[Trial], tuple[Callable[..., dict[str, Any]], tuple, float | None]]  # trial -> fn, args, limit
 
 
+def trial_threads(threads: int | None, workers: int) -> int:
+    """Torch threads per trial: ``threads`` if given, else the machine's cores shared among ``workers``."""
+    return threads or max(1, cores() // max(workers, 1))
+
+
 def run_trials(trials: Sequence[Trial], out_dir: str | Path, *, workers: int | None = None,
                threads: int | None = None, backend: str = "process", progress: bool = True, label: str = "bench",
                executor: Callable[[Trial, str, int], dict[str, Any]] = execute,
@@ -334,7 +339,7 @@ def run_trials(trials: Sequence[Trial], out_dir: str | Path, *, workers: int | N
     meter.done = meter.reused = len(trials) - len(pending)
     _write_records(out, rows)
     if pending:
-        threads = threads or max(1, cores() // max(workers, 1))
+        threads = trial_threads(threads, workers)
 
         def finish(trial: Trial, outcome: dict[str, Any], running: int) -> None:
             rows[trial.id] = record(trial, trial_root / trial.id, out, outcome)
