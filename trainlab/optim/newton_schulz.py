@@ -165,41 +165,36 @@ def orthogonalize(
     if rows > cols:
         X = X.mT
     norm = torch.linalg.matrix_norm(X, keepdim=True) * scale + eps  # Frobenius norm per matrix
-    if workspace is not None:
-        X = _iterate_in(workspace, X.div_(norm), hs)
-    elif X.ndim == 2:
-        X = X / norm
+    X = X.div_(norm) if workspace is not None else X / norm
+    if X.ndim == 2 and workspace is None:
         for a, b, c in hs:
             A = X @ X.mT
             B = torch.addmm(A, A, A, beta=b, alpha=c)  # b·A + c·A·A
             X = torch.addmm(X, B, X, beta=a)  # a·X + B·X
     else:
-        X = X / norm
-        lead = X.shape[:-2]
-        X = X.reshape(-1, *X.shape[-2:])
-        for a, b, c in hs:
-            A = torch.bmm(X, X.mT)
-            B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-            X = torch.baddbmm(X, B, X, beta=a)
-        X = X.reshape(*lead, *X.shape[-2:])
+        X = _iterate_batched(X, hs, workspace)
     if rows > cols:
         X = X.mT
     return X.to(G.dtype)
 
 
-def _iterate_in(workspace: Workspace, X: Tensor, hs: Coefficients) -> Tensor:
-    """The iteration of :func:`orthogonalize` on normalised, wide ``X``, writing into ``workspace``'s buffers."""
+def _iterate_batched(X: Tensor, hs: Coefficients, workspace: Workspace | None) -> Tensor:
+    """The iteration of :func:`orthogonalize` on normalised, wide ``X`` (any leading dimensions) as batched
+    products, into ``workspace``'s buffers when given (else fresh tensors)."""
     shape, (m, n) = X.shape, X.shape[-2:]
     if not hs:
         return X
     X = X.reshape(-1, m, n)
     k = X.shape[0]
-    A = workspace.buffer("gram", (k, m, m), X.dtype, X.device)
-    B = workspace.buffer("poly", (k, m, m), X.dtype, X.device)
-    iterates = [workspace.buffer(f"x{i}", (k, m, n), X.dtype, X.device) for i in (0, 1)]
+
+    def buffer(role: str, size: tuple[int, ...]) -> Tensor | None:
+        return None if workspace is None else workspace.buffer(role, size, X.dtype, X.device)
+
+    A, B = buffer("gram", (k, m, m)), buffer("poly", (k, m, m))
+    iterates = [buffer("x0", (k, m, n)), buffer("x1", (k, m, n))]
     for i, (a, b, c) in enumerate(hs):
-        torch.bmm(X, X.mT, out=A)
-        torch.baddbmm(A, A, A, beta=b, alpha=c, out=B)  # b·A + c·A·A
+        A = torch.bmm(X, X.mT, out=A)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c, out=B)  # b·A + c·A·A
         X = torch.baddbmm(X, B, X, beta=a, out=iterates[i % 2])  # a·X + B·X
     return X.reshape(shape)
 
